@@ -1,0 +1,53 @@
+"""Datasets as host arrays, chosen by name from the config.
+
+A source returns a `Dataset`: uint8 NHWC images and int32 labels for the
+train and test splits, plus what the model and normalisation need. The
+trainer puts those arrays on the devices once; batching, shuffling and
+augmentation then happen on the device (see `ban_jax.data.augment`).
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """One dataset in host memory; images are uint8 (N, H, W, C)."""
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  label_names: tuple[str, ...]
+  # Per-channel mean and std of the training images, in pixel units (0-255).
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train_images.shape[1:])
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...],
+                                               tuple[float, ...]]:
+  """Per-channel mean and std over a uint8 NHWC array, in pixel units."""
+  pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
+  return tuple(pixels.mean(0).tolist()), tuple(pixels.std(0).tolist())
+
+
+DATASET_NAMES = ("digits", "cifar10", "cifar100")
+
+
+def load_dataset(data_config) -> Dataset:
+  """Loads the dataset that `data_config.name` names (see configs/)."""
+  name = data_config.name
+  if name == "digits":
+    from ban_jax.data import digits  # pylint: disable=g-import-not-at-top
+    return digits.load()
+  if name in ("cifar10", "cifar100"):
+    from ban_jax.data import cifar  # pylint: disable=g-import-not-at-top
+    return cifar.load(name, data_config)
+  raise ValueError(f"Unknown dataset {name!r}. Valid dataset names: "
+                   f"{', '.join(DATASET_NAMES)}.")

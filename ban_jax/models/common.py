@@ -1,0 +1,60 @@
+"""Pieces shared by the model families: dtypes, initialisers, norm and conv.
+
+Every model computes in `dtype` (bfloat16 on GPU/TPU, float32 on CPU unless
+asked otherwise) while its parameters and batch-norm statistics stay float32,
+and returns float32 logits so that losses never run in half precision.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+# He-normal over fan-out, the initialiser of the Wide-ResNet and DenseNet
+# reference code (torch's kaiming_normal_(mode='fan_out')).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def resolve_dtype(dtype: Any) -> Any:
+  """Maps 'auto' to bfloat16 on accelerators and float32 on CPU."""
+  if dtype in (None, "auto"):
+    return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+  if isinstance(dtype, str):
+    try:
+      return {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+              "float16": jnp.float16}[dtype]
+    except KeyError:
+      raise ValueError(
+          f"Unknown dtype {dtype!r}: use 'auto', 'float32', 'bfloat16' or "
+          "'float16'.") from None
+  return dtype
+
+
+def batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.Module:
+  # momentum 0.9 here is torch's momentum=0.1; statistics are kept in float32.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                      epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+                      name=name)
+
+
+def conv(features: int, kernel: int, dtype: Any, stride: int = 1,
+         name: str | None = None) -> nn.Module:
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=kernel // 2, use_bias=False, dtype=dtype,
+                 param_dtype=jnp.float32, kernel_init=conv_init, name=name)
+
+
+def classifier(num_classes: int, dtype: Any) -> nn.Module:
+  return nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32,
+                  name="classifier")
+
+
+def global_pool_logits(x: jax.Array, num_classes: int, dtype: Any) -> jax.Array:
+  """Global average pool + the final linear layer, logits in float32."""
+  x = jnp.mean(x, axis=(1, 2))
+  return classifier(num_classes, dtype)(x).astype(jnp.float32)
+
+
+partial = functools.partial
