@@ -1,0 +1,235 @@
+"""The born-again chain: teacher, generations 1..G, ensembles, report.
+
+`run(config, workdir)` is the library entry point (`main.py` only parses
+flags). Generation 0 learns from the labels; generation g >= 1 is a freshly
+initialised network, with its own seed, that learns from generation g-1's
+outputs. Each generation lives in `<workdir>/seed_<s>/gen_<g>/`: its Orbax
+checkpoints and, once finished, `result.json`. Rerunning the same command
+loads finished generations (never retraining them) and resumes an
+unfinished one from its latest checkpoint.
+"""
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath
+from flax import linen as nn
+
+from ban_jax import checkpoints
+from ban_jax import models
+from ban_jax import parallel
+from ban_jax import report
+from ban_jax import train
+from ban_jax import validation
+from ban_jax.data import load_dataset
+
+# Config fields that may change between reruns of one workdir: they do not
+# change what a finished generation computed.
+RERUN_SAFE_FIELDS = ("num_generations", "ensemble_sizes", "eval_every_epochs",
+                     "checkpoint_every_steps", "steps_per_call")
+
+
+@dataclasses.dataclass
+class Generation:
+  """A trained generation: what the next one and the ensembles need."""
+  index: int
+  module: nn.Module
+  variables: train.Variables
+  test_logits: np.ndarray
+  result: dict[str, Any]
+
+
+def build_model(name: str, config, num_classes: int) -> nn.Module:
+  """The named model with the config's dtype and (if it has one) dropout."""
+  module = models.get_model(name, num_classes, dtype=config.model.dtype)
+  fields = {f.name for f in dataclasses.fields(module)}
+  if "dropout_rate" in fields:
+    module = module.clone(dropout_rate=config.model.dropout_rate)
+  elif config.model.dropout_rate:
+    logging.warning("Model %s has no dropout; config.model.dropout_rate=%s "
+                    "is ignored for it.", name, config.model.dropout_rate)
+  return module
+
+
+def model_name(config, generation: int) -> str:
+  if generation == 0 or not config.student_model:
+    return config.model.name
+  return config.student_model
+
+
+def loss_name(config, generation: int) -> str:
+  return "ce" if generation == 0 else config.distill.loss
+
+
+def _is_shared(path: tuple[str, ...]) -> bool:
+  return path[0] in ("stem", "classifier")
+
+
+def copy_stem_classifier(params, teacher_params):
+  """Student params with the teacher's `stem` and `classifier` copied in."""
+  params = dict(params)
+  for name in ("stem", "classifier"):
+    student_shapes = jax.tree.map(np.shape, params[name])
+    teacher_shapes = jax.tree.map(np.shape, teacher_params[name])
+    if student_shapes != teacher_shapes:
+      raise ValueError(
+          f"share_stem_classifier: the student's {name} has shapes "
+          f"{student_shapes} but the teacher's has {teacher_shapes}; pick a "
+          "student whose first conv and classifier match the teacher's, or "
+          "set config.share_stem_classifier=False.")
+    params[name] = teacher_params[name]
+  return params
+
+
+def _check_workdir_config(workdir: epath.Path, config) -> None:
+  """Refuses to mix generations trained with different settings."""
+  path = workdir / "config.json"
+  current = {k: v for k, v in config.to_dict().items()
+             if k not in RERUN_SAFE_FIELDS}
+  current = json.loads(json.dumps(current))  # tuples -> lists
+  if path.exists():
+    saved = json.loads(path.read_text())
+    saved = {k: v for k, v in saved.items() if k not in RERUN_SAFE_FIELDS}
+    if saved != current:
+      diff = sorted(k for k in set(saved) | set(current)
+                    if saved.get(k) != current.get(k))
+      raise validation.ConfigError(
+          f"{workdir} holds a run made with different settings (fields "
+          f"{', '.join(diff)}). Use a new --workdir, or rerun with the "
+          f"settings in {path}.")
+  elif jax.process_index() == 0:
+    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def _log_epoch(generation: int, num_epochs: int):
+  def log(record):
+    test = (f" | test loss {record['test_loss']:.4f} "
+            f"acc {record['test_accuracy']:.2f}%"
+            if "test_accuracy" in record else "")
+    minutes, seconds = divmod(int(record["seconds_left"]), 60)
+    logging.info(
+        "gen %d epoch %d/%d | train loss %.4f acc %.2f%%%s | %.0f img/s | "
+        "lr %.4g | %d:%02d left in this generation", generation,
+        record["epoch"], num_epochs, record["train_loss"],
+        record["train_accuracy"], test, record["images_per_second"],
+        record["learning_rate"], minutes, seconds)
+  return log
+
+
+def _trainer(cache: dict, config, name: str,
+             teacher_module: nn.Module | None, share: bool,
+             data: train.DeviceData, mesh) -> train.GenerationTrainer:
+  """One trainer per (student, teacher) pair, so that generations 2..G reuse
+  generation 1's compiled steps instead of compiling them again."""
+  key = (name, teacher_module, share)
+  if key not in cache:
+    student = build_model(name, config, data.num_classes)
+    cache[key] = train.GenerationTrainer(
+        config, student, teacher_module, data, mesh,
+        frozen=_is_shared if share else None)
+  return cache[key]
+
+
+def run_generation(config, index: int, teacher: Generation | None,
+                   data: train.DeviceData, mesh, gen_dir: epath.Path,
+                   trainers: dict | None = None) -> Generation:
+  """Trains (or loads, if finished) generation `index` of the chain."""
+  name = model_name(config, index)
+  share = index > 0 and config.share_stem_classifier
+  trainer = _trainer({} if trainers is None else trainers, config, name,
+                     teacher.module if teacher else None, share, data, mesh)
+  student = trainer.student
+  gen_rng = jax.random.fold_in(jax.random.key(config.seed), index)
+  init_rng, train_rng = jax.random.split(gen_rng)
+  ckpt = checkpoints.GenerationCheckpoints(gen_dir / "checkpoints")
+  result_path = gen_dir / "result.json"
+  restored = ckpt.restore_latest(trainer.abstract_state())
+  if restored is not None:
+    step, state, progress = restored
+    logging.info("Generation %d: resuming from checkpoint step %d of %d.",
+                 index, step, trainer.total_steps)
+  else:
+    if result_path.exists():
+      raise FileNotFoundError(
+          f"Generation {index} is marked finished ({result_path}) but has no "
+          f"readable checkpoint in {ckpt.directory}; delete {gen_dir} to "
+          "retrain it.")
+    state, progress = trainer.init_state(init_rng), {}
+    if share:
+      state = state.replace(params=copy_stem_classifier(
+          state.params, parallel.fetch(teacher.variables["params"])))
+  teacher_logits = teacher.test_logits if teacher else None
+  try:
+    if int(parallel.fetch(state.step)) < trainer.total_steps:
+      state, progress = train.fit(
+          trainer, state, teacher.variables if teacher else None, data,
+          train_rng, ckpt, progress, generation=index,
+          teacher_test_logits=teacher_logits,
+          on_epoch=_log_epoch(index, config.num_epochs))
+  finally:
+    # Whatever stops the run, the checkpoint being written is finished.
+    ckpt.close()
+  logits = train.test_logits(trainer, student, state.variables, data)
+  metrics = train.evaluate(trainer, data, logits, teacher_logits)
+  result = {
+      "generation": index, "name": report.generation_label(index),
+      "model": name, "loss": loss_name(config, index),
+      "test_accuracy": metrics["test_accuracy"],
+      "test_error": 100.0 - metrics["test_accuracy"],
+      "test_metrics": metrics, "history": progress.get("history", []),
+  }
+  if jax.process_index() == 0:
+    result_path.write_text(json.dumps(result, indent=2) + "\n")
+  logging.info("Generation %d (%s, %s): test error %.2f%%.", index, name,
+               result["loss"], result["test_error"])
+  return Generation(index, student, state.variables, logits, result)
+
+
+def ensembles(config, generations: list[Generation],
+              labels: np.ndarray) -> list[dict[str, Any]]:
+  """Ens*k: averaged probabilities of generations 1..k, in that order."""
+  sizes = config.ensemble_sizes or range(2, config.num_generations + 1)
+  students = [g for g in generations if g.index >= 1]
+  probs = [jax.nn.softmax(g.test_logits.astype(np.float64), axis=-1)
+           for g in students]
+  out = []
+  for k in sizes:
+    mean = np.mean(np.stack(probs[:k]), axis=0)
+    accuracy = float(np.mean(mean.argmax(-1) == labels) * 100)
+    out.append({"name": f"Ens*{k}", "members": list(range(1, k + 1)),
+                "test_accuracy": accuracy, "test_error": 100.0 - accuracy})
+  return out
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates the whole chain; returns results.json's content."""
+  validation.validate(config)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _check_workdir_config(workdir, config)
+  dataset = load_dataset(config.data)
+  mesh = parallel.make_mesh()
+  data = train.put_dataset(dataset, mesh, config.eval_batch_size)
+  seed_dir = workdir / f"seed_{config.seed}"
+  generations: list[Generation] = []
+  trainers = {}
+  for index in range(config.num_generations + 1):
+    teacher = generations[-1] if generations else None
+    generations.append(run_generation(config, index, teacher, data, mesh,
+                                      seed_dir / f"gen_{index}", trainers))
+  results = {
+      "dataset": dataset.name,
+      "loss": config.distill.loss,
+      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "generations": [g.result for g in generations],
+      "ensembles": ensembles(config, generations, data.test_labels),
+      "config": config.to_dict(),
+  }
+  if jax.process_index() == 0:
+    report.write(workdir, results)
+  logging.info("Results (test error %%):\n%s", report.markdown_table(results))
+  return results

@@ -1,0 +1,413 @@
+"""One generation: train state, optimiser, jitted steps and the epoch loop.
+
+The student's update, `student_update`, is a pure function of
+(state, images, labels, teacher logits, rng): the teacher's outputs come in
+as an input that carries no gradient, so the same update serves cached
+logits. `GenerationTrainer.train_steps` composes it, inside one compiled
+program, with everything else a step needs: the batch's indices taken from
+the device-resident epoch permutation, the gather from the device-resident
+dataset, augmentation from the step's RNG, and the teacher's inference-mode
+forward pass. Nothing crosses between host and device inside an epoch.
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from ban_jax import losses
+from ban_jax import parallel
+from ban_jax.data import augment
+from ban_jax.data import Dataset
+
+Variables = dict[str, Any]
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a generation's training carries from step to step."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  @property
+  def variables(self) -> Variables:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+# ---------------------------------------------------------------- optimiser
+
+
+def learning_rate_schedule(optim, steps_per_epoch: int) -> optax.Schedule:
+  """Step decay: lr * factor at each epoch in `optim.lr_decay_epochs`."""
+  boundaries = {int(epoch * steps_per_epoch): optim.lr_decay_factor
+                for epoch in optim.lr_decay_epochs}
+  return optax.piecewise_constant_schedule(optim.learning_rate, boundaries)
+
+
+def make_optimizer(optim, steps_per_epoch: int,
+                   frozen: Callable[[tuple[str, ...]], bool] | None = None
+                   ) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum and coupled weight decay, as in WRN.
+
+  Args:
+    optim: the config's `optim` block.
+    steps_per_epoch: to place the learning-rate drops.
+    frozen: given a parameter's path, whether it is frozen. Frozen
+      parameters get a zero update (no decay, no momentum): optax masking.
+  """
+  tx = optax.chain(
+      optax.add_decayed_weights(optim.weight_decay),
+      optax.sgd(learning_rate_schedule(optim, steps_per_epoch),
+                momentum=optim.momentum or None, nesterov=optim.nesterov))
+  if frozen is None:
+    return tx
+
+  def labels(params):
+    return flax.traverse_util.path_aware_map(
+        lambda path, _: "frozen" if frozen(path) else "trained", params)
+
+  return optax.multi_transform(
+      {"trained": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+# ------------------------------------------------------------------- steps
+
+
+def student_update(state: TrainState, tx: optax.GradientTransformation,
+                   student: nn.Module, images: jax.Array, labels: jax.Array,
+                   teacher_logits: jax.Array | None, rng: jax.Array,
+                   distill) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimiser step of the student; pure in all its array arguments.
+
+  `teacher_logits` is None for generation 0 (labels only); otherwise the
+  config's distillation loss is used and the teacher's logits are treated
+  as constants.
+  """
+  dropout_rng, loss_rng = jax.random.split(rng)
+  if teacher_logits is not None:
+    teacher_logits = jax.lax.stop_gradient(teacher_logits)
+
+  def loss_fn(params):
+    logits, new_vars = student.apply(
+        {"params": params, "batch_stats": state.batch_stats}, images,
+        train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+    if teacher_logits is None:
+      loss = losses.cross_entropy(logits, labels)
+    else:
+      loss = losses.distillation_loss(
+          distill.loss, logits, teacher_logits, labels, loss_rng,
+          temperature=distill.temperature,
+          label_weight=distill.label_weight,
+          teacher_weight=distill.teacher_weight,
+          dkpp_keep_argmax=distill.dkpp_keep_argmax)
+    return loss, (logits, new_vars.get("batch_stats", {}))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates),
+      batch_stats=batch_stats, opt_state=opt_state)
+  metrics = {"loss": loss,
+             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+  if teacher_logits is not None:
+    metrics["dark_knowledge_share"] = losses.dark_knowledge_share(
+        logits, teacher_logits, labels)
+  return new_state, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+  """The dataset on the devices (replicated), with its static facts."""
+  train_images: jax.Array  # uint8 (N, H, W, C)
+  train_labels: jax.Array  # int32 (N,)
+  test_images: jax.Array  # uint8, padded to a multiple of the eval batch
+  test_labels: np.ndarray  # int32, host, unpadded
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  num_classes: int
+
+  @property
+  def num_train(self) -> int:
+    return self.train_images.shape[0]
+
+  @property
+  def num_test(self) -> int:
+    return self.test_labels.shape[0]
+
+
+def put_dataset(dataset: Dataset, mesh: Mesh, eval_batch_size: int
+                ) -> DeviceData:
+  """Copies the dataset to the devices once, for the whole chain."""
+  parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
+  pad = -len(dataset.test_images) % eval_batch_size
+  test_images = np.concatenate(
+      [dataset.test_images,
+       np.zeros((pad,) + dataset.test_images.shape[1:], np.uint8)])
+  train_images, train_labels, test_images = parallel.put_replicated(
+      (dataset.train_images, dataset.train_labels.astype(np.int32),
+       test_images), mesh)
+  return DeviceData(train_images, train_labels, test_images,
+                    dataset.test_labels.astype(np.int32),
+                    dataset.mean, dataset.std, dataset.num_classes)
+
+
+class GenerationTrainer:
+  """The compiled functions of one generation (a student, maybe a teacher)."""
+
+  def __init__(self, config, student: nn.Module, teacher: nn.Module | None,
+               data: DeviceData, mesh: Mesh,
+               frozen: Callable[[tuple[str, ...]], bool] | None = None):
+    self.config = config
+    self.student = student
+    self.teacher = teacher
+    self.mesh = mesh
+    self.batch_size = config.batch_size
+    parallel.check_batch_size(self.batch_size, mesh)
+    self.steps_per_epoch = data.num_train // self.batch_size
+    if self.steps_per_epoch < 1:
+      raise ValueError(
+          f"batch_size={self.batch_size} is larger than the "
+          f"{data.num_train} training examples.")
+    self.total_steps = self.steps_per_epoch * config.num_epochs
+    self.tx = make_optimizer(config.optim, self.steps_per_epoch, frozen)
+    self.lr_schedule = learning_rate_schedule(config.optim,
+                                              self.steps_per_epoch)
+    self.mean, self.std = data.mean, data.std
+    self.image_shape = tuple(data.train_images.shape[1:])
+    self.eval_batch_size = config.eval_batch_size
+    self._replicated = parallel.replicated(mesh)
+    self._batch = parallel.batch_sharded(mesh)
+    self._train_steps = {}
+
+  # -- initialisation ------------------------------------------------------
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    """A freshly initialised student, replicated over the mesh."""
+
+    def init(rng):
+      dummy = jnp.zeros((1,) + self.image_shape, jnp.float32)
+      variables = self.student.init({"params": rng, "dropout": rng}, dummy,
+                                    train=False)
+      params = variables["params"]
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        batch_stats=variables.get("batch_stats", {}),
+                        opt_state=self.tx.init(params))
+
+    return jax.jit(init, out_shardings=self._replicated)(rng)
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the state, for Orbax restores."""
+    shapes = jax.eval_shape(self.init_state, jax.random.key(0))
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                       sharding=self._replicated), shapes)
+
+  # -- training --------------------------------------------------------------
+
+  def _batch_from_device(self, state, data_images, data_labels, perm, rng):
+    """Indices of this step's batch -> augmented, normalised images."""
+    step_in_epoch = state.step % self.steps_per_epoch
+    idx = jax.lax.dynamic_slice(perm, (step_in_epoch * self.batch_size,),
+                                (self.batch_size,))
+    idx = jax.lax.with_sharding_constraint(idx, self._batch)
+    images, labels = data_images[idx], data_labels[idx]
+    aug_rng, rest_rng = jax.random.split(rng)
+    if self.config.data.augment:
+      images = augment.random_crop_flip(aug_rng, images,
+                                        self.config.data.crop_padding)
+    images = augment.normalize(images, self.mean, self.std)
+    return images, labels, rest_rng
+
+  def _one_step(self, state, teacher_vars, data_images, data_labels, perm,
+                base_rng):
+    rng = jax.random.fold_in(base_rng, state.step)
+    images, labels, rng = self._batch_from_device(
+        state, data_images, data_labels, perm, rng)
+    teacher_logits = None
+    if self.teacher is not None:
+      teacher_logits = self.teacher.apply(teacher_vars, images, train=False)
+    return student_update(state, self.tx, self.student, images, labels,
+                          teacher_logits, rng, self.config.distill)
+
+  def train_steps(self, num_steps: int):
+    """A compiled function running `num_steps` steps in one call.
+
+    Signature: (state, teacher_vars, train_images, train_labels, perm, rng)
+    -> (state, summed metrics). Scanning several steps per call removes the
+    per-step launch overhead that dominates tiny models; the state is
+    donated so its buffers are updated in place.
+    """
+    if num_steps not in self._train_steps:
+
+      def run(state, teacher_vars, data_images, data_labels, perm, rng):
+        def body(state, _):
+          return self._one_step(state, teacher_vars, data_images,
+                                data_labels, perm, rng)
+
+        if jax.default_backend() != "cpu":
+          state, metrics = jax.lax.scan(body, state, None, length=num_steps)
+          return state, jax.tree.map(lambda m: jnp.sum(m, 0), metrics)
+        # XLA:CPU runs convolutions inside a while loop (any scan, even an
+        # unrolled one) 10-20x slower than straight-line code, measured on
+        # the digits WRN; so on CPU the steps are unrolled in Python.
+        sums = None
+        for _ in range(num_steps):
+          state, metrics = body(state, None)
+          sums = metrics if sums is None else jax.tree.map(jnp.add, sums,
+                                                           metrics)
+        return state, sums
+
+      self._train_steps[num_steps] = jax.jit(
+          run, donate_argnums=(0,), out_shardings=self._replicated)
+    return self._train_steps[num_steps]
+
+  # -- evaluation ------------------------------------------------------------
+
+  def predict(self, module: nn.Module, variables: Variables,
+              images: jax.Array) -> jax.Array:
+    """Inference-mode logits for padded uint8 images, in one compiled call."""
+    return _predict(module, self.eval_batch_size, self.mean, self.std,
+                    self._batch, variables, images)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _predict(module, eval_batch_size, mean, std, batch_sharding, variables,
+             images):
+  chunks = images.reshape((-1, eval_batch_size) + images.shape[1:])
+
+  def logits_of(chunk):
+    chunk = jax.lax.with_sharding_constraint(chunk, batch_sharding)
+    return module.apply(variables, augment.normalize(chunk, mean, std),
+                        train=False)
+
+  logits = jax.lax.map(logits_of, chunks)
+  return logits.reshape((-1, logits.shape[-1]))
+
+
+# ------------------------------------------------------------ epoch loop
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+def _host_sums(sums) -> dict[str, float]:
+  return {k: float(v) for k, v in parallel.fetch(sums).items()}
+
+
+def _check_finite(sums: dict[str, float], generation: int, steps: str,
+                  ckpt) -> None:
+  if not np.isfinite(sums.get("loss", 0.0)):
+    last = ckpt.latest_step()
+    where = (f"{ckpt.directory}/{last}" if last is not None
+             else "none yet (the generation restarts from scratch)")
+    raise NonFiniteLossError(
+        f"Non-finite training loss in generation {generation} at steps "
+        f"{steps}. The last good checkpoint is {where}; it is left intact. "
+        "Lower config.optim.learning_rate or check the data, then rerun.")
+
+
+def evaluate(trainer: GenerationTrainer, data: DeviceData,
+             logits: np.ndarray, teacher_logits: np.ndarray | None
+             ) -> dict[str, float]:
+  """Test metrics from host logits (unpadded)."""
+  labels = data.test_labels
+  metrics = {
+      "test_loss": float(losses.cross_entropy(logits, labels)),
+      "test_accuracy": float(np.mean(logits.argmax(-1) == labels) * 100),
+  }
+  if teacher_logits is not None:
+    metrics["teacher_agreement"] = float(
+        losses.agreement(teacher_logits, logits) * 100)
+    metrics["teacher_student_kl"] = float(
+        losses.kl_divergence(teacher_logits, logits))
+  return metrics
+
+
+def test_logits(trainer: GenerationTrainer, module: nn.Module,
+                variables: Variables, data: DeviceData) -> np.ndarray:
+  logits = trainer.predict(module, variables, data.test_images)
+  return parallel.fetch(logits)[:data.num_test]
+
+
+def fit(trainer: GenerationTrainer, state: TrainState,
+        teacher_vars: Variables | None, data: DeviceData, rng: jax.Array,
+        ckpt, progress: dict[str, Any], *, generation: int,
+        teacher_test_logits: np.ndarray | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None
+        ) -> tuple[TrainState, dict[str, Any]]:
+  """Trains from `state` to the end of the generation, checkpointing.
+
+  Every random choice is a function of (rng, step) or (rng, epoch), so a run
+  resumed from a checkpoint takes exactly the steps an uninterrupted run
+  takes. `progress` (history and the current epoch's partial sums) travels
+  in the checkpoint for the same reason.
+  """
+  config = trainer.config
+  perm_rng, step_rng = jax.random.split(rng)
+  spe, total = trainer.steps_per_epoch, trainer.total_steps
+  every = config.checkpoint_every_steps
+  steps_per_call = max(1, config.steps_per_call)
+  step = int(parallel.fetch(state.step))
+  history = progress.setdefault("history", [])
+  while step < total:
+    epoch = step // spe
+    epoch_end = (epoch + 1) * spe
+    perm = _epoch_permutation(jax.random.fold_in(perm_rng, epoch),
+                              data.num_train)
+    partial = progress.get("epoch_sums") or None
+    sums = (None if partial is None else
+            {k: jnp.asarray(v, jnp.float32) for k, v in partial.items()})
+    first_step, start = step, time.perf_counter()
+    while step < epoch_end:
+      n = min(steps_per_call, epoch_end - step)
+      if every:
+        n = min(n, every - step % every)
+      state, metrics = trainer.train_steps(n)(
+          state, teacher_vars, data.train_images, data.train_labels, perm,
+          step_rng)
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums,
+                                                       metrics)
+      step += n
+      if every and step % every == 0 and step < epoch_end:
+        progress["epoch_sums"] = _host_sums(sums)
+        _check_finite(progress["epoch_sums"], generation,
+                      f"{first_step}-{step}", ckpt)
+        ckpt.save(step, state, progress)
+    host_sums = _host_sums(sums)
+    seconds = time.perf_counter() - start
+    _check_finite(host_sums, generation, f"{first_step}-{step}", ckpt)
+    record = {"epoch": epoch + 1, "step": step,
+              "learning_rate": float(trainer.lr_schedule(step - 1))}
+    record.update({f"train_{k}": v / spe for k, v in host_sums.items()})
+    record["train_accuracy"] *= 100
+    record["images_per_second"] = (step - first_step) * trainer.batch_size / max(
+        seconds, 1e-9)
+    if (epoch + 1) % config.eval_every_epochs == 0 or step == total:
+      logits = test_logits(trainer, trainer.student, state.variables, data)
+      record.update(evaluate(trainer, data, logits, teacher_test_logits))
+    record["seconds_left"] = seconds / max(step - first_step, 1) * (
+        total - step)
+    history.append(record)
+    progress["epoch_sums"] = {}
+    ckpt.save(step, state, progress)
+    if on_epoch is not None:
+      on_epoch(record)
+  ckpt.wait()
+  return state, progress
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _epoch_permutation(rng, num_examples):
+  return jax.random.permutation(rng, num_examples)

@@ -1,0 +1,203 @@
+"""The born-again chain end to end on the digits, with tiny settings."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+
+from ban_jax import checkpoints
+from ban_jax import parallel
+from ban_jax import pipeline
+from ban_jax import train
+from configs import digits
+
+
+def tiny_config(num_generations=2):
+  config = digits.get_config()
+  config.model.name = "wrn10_1"
+  config.num_generations = num_generations
+  config.num_epochs = 2
+  config.optim.lr_decay_epochs = (1,)
+  return config
+
+
+class FitSpy:
+  """Wraps train.fit, keeping host copies of what each generation got."""
+
+  def __init__(self, monkeypatch):
+    self.calls = []
+    self._fit = train.fit
+    monkeypatch.setattr(train, "fit", self)
+
+  def __call__(self, trainer, state, teacher_vars, *args, generation, **kw):
+    self.calls.append({
+        "generation": generation,
+        "has_teacher_module": trainer.teacher is not None,
+        "teacher_vars": (None if teacher_vars is None
+                         else parallel.fetch(teacher_vars)),
+        "initial_params": parallel.fetch(state.params),
+        "initial_step": int(parallel.fetch(state.step)),
+    })
+    return self._fit(trainer, state, teacher_vars, *args,
+                     generation=generation, **kw)
+
+
+def _final_variables(workdir, generation, config):
+  """The checkpointed final variables of a generation, read with Orbax."""
+  data = pipeline.train.put_dataset(
+      pipeline.load_dataset(config.data), parallel.make_mesh(),
+      config.eval_batch_size)
+  trainer = pipeline._trainer({}, config, config.model.name, None, False,
+                              data, parallel.make_mesh())
+  ckpt = checkpoints.GenerationCheckpoints(
+      epath.Path(workdir) / "seed_0" / f"gen_{generation}" / "checkpoints")
+  step, state, _ = ckpt.restore_latest(trainer.abstract_state())
+  ckpt.close()
+  assert step == trainer.total_steps
+  return parallel.fetch(state.variables)
+
+
+TIMINGS = ("images_per_second", "seconds_left")
+
+
+def _scores(results):
+  """Everything a run computed, less the wall-clock timings."""
+  return ([(g["generation"], g["test_accuracy"], g["test_metrics"],
+            [{k: v for k, v in record.items() if k not in TIMINGS}
+             for record in g["history"]])
+           for g in results["generations"]],
+          [(e["name"], e["test_accuracy"]) for e in results["ensembles"]])
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+  """One uninterrupted two-generation run, with the fit calls recorded."""
+  monkeypatch = pytest.MonkeyPatch()
+  spy = FitSpy(monkeypatch)
+  workdir = tmp_path_factory.mktemp("chain")
+  config = tiny_config()
+  results = pipeline.run(config, str(workdir))
+  monkeypatch.undo()
+  return config, workdir, results, spy.calls
+
+
+def test_generation_zero_learns_from_labels_only(chain):
+  _, _, results, calls = chain
+  assert calls[0]["generation"] == 0
+  assert calls[0]["teacher_vars"] is None
+  assert not calls[0]["has_teacher_module"]
+  assert results["generations"][0]["loss"] == "ce"
+  assert "teacher_agreement" not in results["generations"][0]["test_metrics"]
+
+
+def test_each_teacher_is_the_previous_generation(chain):
+  config, workdir, _, calls = chain
+  assert [c["generation"] for c in calls] == [0, 1, 2]
+  for call in calls[1:]:
+    expected = _final_variables(workdir, call["generation"] - 1, config)
+    jax.tree.map(np.testing.assert_array_equal, call["teacher_vars"],
+                 expected)
+
+
+def test_each_student_starts_fresh(chain):
+  _, _, _, calls = chain
+  for call in calls[1:]:
+    assert call["initial_step"] == 0
+    teacher = jax.tree.leaves(call["teacher_vars"]["params"])
+    student = jax.tree.leaves(call["initial_params"])
+    assert len(teacher) == len(student)
+    # Every weight matrix differs (biases and BN scales start equal).
+    differing = [not np.array_equal(t, s) for t, s in zip(teacher, student)]
+    kernels = [t.ndim > 1 for t in teacher]
+    assert all(d for d, k in zip(differing, kernels) if k)
+  # And the students of generations 1 and 2 differ from each other.
+  assert not np.array_equal(
+      calls[1]["initial_params"]["stem"]["kernel"],
+      calls[2]["initial_params"]["stem"]["kernel"])
+
+
+def test_results_files(chain):
+  _, workdir, results, _ = chain
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk["generations"][1]["test_error"] == pytest.approx(
+      100 - on_disk["generations"][1]["test_accuracy"])
+  assert [g["name"] for g in on_disk["generations"]] == [
+      "Teacher", "BAN-1", "BAN-2"]
+  assert [(e["name"], e["members"]) for e in on_disk["ensembles"]] == [
+      ("Ens*2", [1, 2])]
+  assert on_disk["config"]["num_generations"] == 2
+  table = (workdir / "results.md").read_text()
+  assert "| Teacher | BAN-1 | BAN-2 | Ens*2 |" in table
+  row = f"{results['generations'][2]['test_error']:.2f}"
+  assert row in table
+  # The learnt teacher is much better than chance (10 classes).
+  assert results["generations"][0]["test_accuracy"] > 80
+
+
+def test_ensemble_averages_probabilities(chain):
+  config, workdir, results, _ = chain
+  data = pipeline.load_dataset(config.data)
+  probs = []
+  for generation in (1, 2):
+    variables = _final_variables(workdir, generation, config)
+    module = pipeline.build_model(config.model.name, config, 10)
+    logits = module.apply(variables, pipeline.train.augment.normalize(
+        data.test_images, data.mean, data.std), train=False)
+    probs.append(np.asarray(jax.nn.softmax(logits)))
+  expected = np.mean((np.mean(probs, 0).argmax(-1) == data.test_labels)) * 100
+  assert results["ensembles"][0]["test_accuracy"] == pytest.approx(
+      expected, abs=1e-9)
+
+
+def test_rerun_loads_finished_generations(chain, monkeypatch):
+  config, workdir, results, _ = chain
+  spy = FitSpy(monkeypatch)
+  again = pipeline.run(config, str(workdir))
+  assert spy.calls == []  # Nothing retrained.
+  assert _scores(again) == _scores(results)
+
+
+def test_resume_after_a_crash_mid_generation(chain, tmp_path, monkeypatch):
+  config, _, results, _ = chain
+  log_epoch = pipeline._log_epoch
+
+  def crash_in_generation_1(generation, num_epochs):
+    log = log_epoch(generation, num_epochs)
+
+    def maybe_crash(record):
+      log(record)
+      if generation == 1 and record["epoch"] == 1:
+        raise KeyboardInterrupt("simulated crash")
+    return maybe_crash
+
+  monkeypatch.setattr(pipeline, "_log_epoch", crash_in_generation_1)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run(config, str(tmp_path))
+  assert (tmp_path / "seed_0" / "gen_0" / "result.json").exists()
+  assert not (tmp_path / "seed_0" / "gen_1" / "result.json").exists()
+  monkeypatch.undo()
+
+  spy = FitSpy(monkeypatch)
+  resumed = pipeline.run(config, str(tmp_path))
+  # Generation 0 is loaded, generation 1 continues after its first epoch.
+  assert [(c["generation"], c["initial_step"]) for c in spy.calls] == [
+      (1, 21), (2, 0)]
+  assert _scores(resumed) == _scores(results)  # Exactly, on CPU.
+
+
+def test_extending_a_finished_chain(chain, tmp_path):
+  config, _, results, _ = chain
+  short = pipeline.run(tiny_config(num_generations=1), str(tmp_path))
+  assert len(short["generations"]) == 2 and short["ensembles"] == []
+  extended = pipeline.run(config, str(tmp_path))
+  assert _scores(extended) == _scores(results)
+
+
+def test_changed_settings_in_an_old_workdir_are_refused(chain):
+  config, workdir, _, _ = chain
+  config = tiny_config()
+  config.optim.learning_rate = 0.2
+  with pytest.raises(ValueError, match="optim"):
+    pipeline.run(config, str(workdir))
