@@ -22,6 +22,9 @@ class GenerationCheckpoints:
 
   def __init__(self, directory: str | epath.Path, max_to_keep: int = 2):
     self.directory = epath.Path(directory)
+    if "://" not in str(directory):
+      # Orbax's TensorStore backend needs absolute local paths.
+      self.directory = self.directory.resolve()
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(

@@ -24,6 +24,7 @@ from absl import logging
 from flax import linen as nn
 from jax.sharding import Mesh
 
+from ban_jax import feature_losses
 from ban_jax import losses
 from ban_jax import parallel
 from ban_jax.data import augment
@@ -83,24 +84,50 @@ def make_optimizer(optim, steps_per_epoch: int,
 # ------------------------------------------------------------------- steps
 
 
+def uses_features(distill) -> bool:
+  """Whether the config adds a feature-level term (AT or FSP)."""
+  return bool(distill.attention_weight or distill.fsp_weight)
+
+
+def feature_loss(distill, student_intermediates, teacher_intermediates
+                 ) -> jax.Array:
+  """The weighted attention-transfer and FSP terms between two networks."""
+  student_pairs, student_outputs = feature_losses.stage_features(
+      student_intermediates)
+  teacher_pairs, teacher_outputs = feature_losses.stage_features(
+      teacher_intermediates)
+  loss = jnp.zeros((), jnp.float32)
+  if distill.attention_weight:
+    loss += distill.attention_weight * feature_losses.attention_transfer_loss(
+        student_outputs, teacher_outputs)
+  if distill.fsp_weight:
+    loss += distill.fsp_weight * feature_losses.fsp_loss(student_pairs,
+                                                         teacher_pairs)
+  return loss
+
+
 def student_update(state: TrainState, tx: optax.GradientTransformation,
                    student: nn.Module, images: jax.Array, labels: jax.Array,
                    teacher_logits: jax.Array | None, rng: jax.Array,
-                   distill) -> tuple[TrainState, dict[str, jax.Array]]:
+                   distill, teacher_intermediates=None
+                   ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step of the student; pure in all its array arguments.
 
   `teacher_logits` is None for generation 0 (labels only); otherwise the
   config's distillation loss is used and the teacher's logits are treated
-  as constants.
+  as constants. `teacher_intermediates` (the teacher's sown stage features)
+  is needed only when the config adds a feature-level term.
   """
   dropout_rng, loss_rng = jax.random.split(rng)
+  with_features = teacher_logits is not None and uses_features(distill)
   if teacher_logits is not None:
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
 
   def loss_fn(params):
+    mutable = ["batch_stats"] + (["intermediates"] if with_features else [])
     logits, new_vars = student.apply(
         {"params": params, "batch_stats": state.batch_stats}, images,
-        train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+        train=True, mutable=mutable, rngs={"dropout": dropout_rng})
     if teacher_logits is None:
       loss = losses.cross_entropy(logits, labels)
     else:
@@ -110,6 +137,9 @@ def student_update(state: TrainState, tx: optax.GradientTransformation,
           label_weight=distill.label_weight,
           teacher_weight=distill.teacher_weight,
           dkpp_keep_argmax=distill.dkpp_keep_argmax)
+    if with_features:
+      loss += feature_loss(distill, new_vars["intermediates"],
+                           jax.lax.stop_gradient(teacher_intermediates))
     return loss, (logits, new_vars.get("batch_stats", {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
@@ -154,9 +184,11 @@ def put_dataset(dataset: Dataset, mesh: Mesh, eval_batch_size: int
   test_images = np.concatenate(
       [dataset.test_images,
        np.zeros((pad,) + dataset.test_images.shape[1:], np.uint8)])
-  train_images, train_labels, test_images = parallel.put_replicated(
-      (dataset.train_images, dataset.train_labels.astype(np.int32),
-       test_images), mesh)
+  # Several hosts: each keeps only its block of the train split (see
+  # ban_jax/parallel.py); the test split is whole on every host.
+  train_images, train_labels = parallel.put_train_split(
+      (dataset.train_images, dataset.train_labels.astype(np.int32)), mesh)
+  test_images = parallel.put_replicated(test_images, mesh)
   return DeviceData(train_images, train_labels, test_images,
                     dataset.test_labels.astype(np.int32),
                     dataset.mean, dataset.std, dataset.num_classes)
@@ -220,8 +252,10 @@ class GenerationTrainer:
     step_in_epoch = state.step % self.steps_per_epoch
     idx = jax.lax.dynamic_slice(perm, (step_in_epoch * self.batch_size,),
                                 (self.batch_size,))
-    idx = jax.lax.with_sharding_constraint(idx, self._batch)
-    images, labels = data_images[idx], data_labels[idx]
+    # The gather from the replicated dataset on one host; from the host
+    # that holds each row on several.
+    images, labels = parallel.take_batch((data_images, data_labels), idx,
+                                         self.mesh)
     aug_rng, rest_rng = jax.random.split(rng)
     if self.config.data.augment:
       images = augment.random_crop_flip(aug_rng, images,
@@ -234,11 +268,16 @@ class GenerationTrainer:
     rng = jax.random.fold_in(base_rng, state.step)
     images, labels, rng = self._batch_from_device(
         state, data_images, data_labels, perm, rng)
-    teacher_logits = None
-    if self.teacher is not None:
+    teacher_logits = teacher_intermediates = None
+    if self.teacher is not None and uses_features(self.config.distill):
+      teacher_logits, sown = self.teacher.apply(
+          teacher_vars, images, train=False, mutable=["intermediates"])
+      teacher_intermediates = sown["intermediates"]
+    elif self.teacher is not None:
       teacher_logits = self.teacher.apply(teacher_vars, images, train=False)
     return student_update(state, self.tx, self.student, images, labels,
-                          teacher_logits, rng, self.config.distill)
+                          teacher_logits, rng, self.config.distill,
+                          teacher_intermediates)
 
   def train_steps(self, num_steps: int):
     """A compiled function running `num_steps` steps in one call.

@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.teacher_weight = 1.0
   # DKPP: keep the max at the teacher's argmax instead of the true label.
   config.distill.dkpp_keep_argmax = False
+  # Feature-level baselines added to the loss: attention transfer and FSP.
+  config.distill.attention_weight = 0.0
+  config.distill.fsp_weight = 0.0
 
   config.optim = ml_collections.ConfigDict()
   # Initial learning rate of SGD.
