@@ -43,15 +43,19 @@ class Generation:
   result: dict[str, Any]
 
 
-def build_model(name: str, config, num_classes: int) -> nn.Module:
+def build_model(name: str, config, num_classes: int,
+                generation: int = 0) -> nn.Module:
   """The named model with the config's dtype and (if it has one) dropout."""
   module = models.get_model(name, num_classes, dtype=config.model.dtype)
+  dropout = config.model.dropout_rate
+  if generation > 0 and config.get("student_dropout_rate", -1) >= 0:
+    dropout = config.student_dropout_rate
   fields = {f.name for f in dataclasses.fields(module)}
   if "dropout_rate" in fields:
-    module = module.clone(dropout_rate=config.model.dropout_rate)
-  elif config.model.dropout_rate:
-    logging.warning("Model %s has no dropout; config.model.dropout_rate=%s "
-                    "is ignored for it.", name, config.model.dropout_rate)
+    module = module.clone(dropout_rate=dropout)
+  elif dropout:
+    logging.warning("Model %s has no dropout; a dropout rate of %s is "
+                    "ignored for it.", name, dropout)
   return module
 
 
@@ -127,7 +131,8 @@ def _trainer(cache: dict, config, name: str,
   generation 1's compiled steps instead of compiling them again."""
   key = (name, teacher_module, share)
   if key not in cache:
-    student = build_model(name, config, data.num_classes)
+    student = build_model(name, config, data.num_classes,
+                          generation=int(teacher_module is not None))
     cache[key] = train.GenerationTrainer(
         config, student, teacher_module, data, mesh,
         frozen=_is_shared if share else None)

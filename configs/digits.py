@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "auto"
   # Network of generations >= 1; empty means the same as model.name.
   config.student_model = ""
+  # Dropout of generations >= 1; negative means model.dropout_rate.
+  config.student_dropout_rate = -1.0
   # Copy the teacher's stem conv and classifier into students, frozen.
   config.share_stem_classifier = False
 

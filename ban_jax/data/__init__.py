@@ -50,13 +50,28 @@ DATASET_NAMES = ("digits", "cifar10", "cifar100")
 
 
 def load_dataset(data_config) -> Dataset:
-  """Loads the dataset that `data_config.name` names (see configs/)."""
+  """Loads the dataset that `data_config.name` names (see configs/).
+
+  `data_config.max_train_examples` / `max_test_examples` (0: all) keep only
+  the first examples of a split: for smoke tests, never for results.
+  """
   name = data_config.name
   if name == "digits":
     from ban_jax.data import digits  # pylint: disable=g-import-not-at-top
-    return digits.load()
-  if name in ("cifar10", "cifar100"):
+    dataset = digits.load()
+  elif name in ("cifar10", "cifar100"):
     from ban_jax.data import cifar  # pylint: disable=g-import-not-at-top
-    return cifar.load(name, data_config)
-  raise ValueError(f"Unknown dataset {name!r}. Valid dataset names: "
-                   f"{', '.join(DATASET_NAMES)}.")
+    dataset = cifar.load(name, data_config)
+  else:
+    raise ValueError(f"Unknown dataset {name!r}. Valid dataset names: "
+                     f"{', '.join(DATASET_NAMES)}.")
+  train_cap = data_config.get("max_train_examples", 0) or None
+  test_cap = data_config.get("max_test_examples", 0) or None
+  if train_cap or test_cap:
+    dataset = dataclasses.replace(
+        dataset,
+        train_images=dataset.train_images[:train_cap],
+        train_labels=dataset.train_labels[:train_cap],
+        test_images=dataset.test_images[:test_cap],
+        test_labels=dataset.test_labels[:test_cap])
+  return dataset

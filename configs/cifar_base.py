@@ -1,0 +1,109 @@
+"""The paper's CIFAR recipe, shared by configs/cifar10.py and cifar100.py.
+
+Training settings are the Wide-ResNet recipe the paper points to
+(../shared/PAPER.md, "Training settings"): SGD with Nesterov momentum 0.9,
+lr 0.1 x0.2 at epochs 60, 120 and 160 of 200, batch 128, weight decay 5e-4,
+dropout 0.3 inside Wide-ResNet blocks, 4-pixel reflect-padded random crop and
+horizontal flip, per-channel mean/std normalisation; three born-again
+generations, BAN (teacher cross-entropy, T = 1).
+
+The config argument (after the file name and a colon) is a comma-separated
+list of `key=value` settings and flags:
+
+  model=NAME        generation 0's network (default wrn28_10)
+  student=NAME      network of generations >= 1 (default: same as model)
+  loss=NAME         ce, kd, kd+label, cwtm or dkpp (default kd)
+  generations=G     born-again generations after the teacher (default 3)
+  seeds=0/1/2       seeds to run the chain with (default 0)
+  share             copy the teacher's stem and classifier, frozen (Table 5)
+  smoke             a tiny model on a few hundred images for 1 epoch: the
+                    whole chain in about a minute on CPU (tests use it)
+
+e.g. `--config=configs/cifar100.py:model=densenet112_33,loss=cwtm`.
+"""
+
+import ml_collections
+
+from configs import digits
+
+_KEYS = ("model", "student", "loss", "generations", "seeds")
+_FLAGS = ("share", "smoke")
+
+
+def parse_argument(argument: str | None) -> dict[str, str | bool]:
+  """'model=x,smoke' -> {'model': 'x', 'smoke': True}, checked."""
+  settings = {}
+  for item in filter(None, (argument or "").split(",")):
+    key, has_value, value = item.partition("=")
+    key = key.strip()
+    if key in _FLAGS and not has_value:
+      settings[key] = True
+    elif key in _KEYS and has_value:
+      settings[key] = value.strip()
+    else:
+      raise ValueError(
+          f"Unknown config argument {item!r}. Valid: "
+          + ", ".join([f"{k}=..." for k in _KEYS] + list(_FLAGS)) + ".")
+  return settings
+
+
+def dropout_for(model_name: str) -> float:
+  # The WRN recipe's dropout; DenseNets and ResNets train without it.
+  return 0.3 if model_name.startswith("wrn") else 0.0
+
+
+def cifar_config(dataset: str, argument: str | None
+                 ) -> ml_collections.ConfigDict:
+  """The paper's CIFAR settings for `dataset`, adjusted by `argument`."""
+  settings = parse_argument(argument)
+  config = digits.get_config()  # Same fields; CIFAR values below.
+
+  config.data.name = dataset
+  config.data.augment = True
+  # Where the data comes from: auto, tfds or archive (see README, CIFAR).
+  config.data.source = "auto"
+  # TFDS data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  config.data.data_dir = None
+  # Path to the official cifar-10(0)-python.tar.gz, or a folder with it.
+  config.data.archive_path = ""
+  # Keep only this many examples of a split (0: all); for smoke runs only.
+  config.data.max_train_examples = 0
+  config.data.max_test_examples = 0
+
+  config.model.name = settings.get("model", "wrn28_10")
+  config.model.dropout_rate = dropout_for(config.model.name)
+  config.student_model = settings.get("student", "")
+  config.student_dropout_rate = dropout_for(
+      config.student_model or config.model.name)
+  config.share_stem_classifier = bool(settings.get("share", False))
+  config.distill.loss = settings.get("loss", "kd")
+  config.num_generations = int(settings.get("generations", 3))
+  if "seeds" in settings:
+    config.seeds = tuple(int(s) for s in settings["seeds"].split("/"))
+
+  config.optim.learning_rate = 0.1
+  config.optim.momentum = 0.9
+  config.optim.nesterov = True
+  config.optim.weight_decay = 5e-4
+  config.optim.lr_decay_epochs = (60, 120, 160)
+  config.optim.lr_decay_factor = 0.2
+  config.num_epochs = 200
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  config.eval_every_epochs = 5
+  config.checkpoint_every_steps = 0
+  config.steps_per_call = 1
+
+  if settings.get("smoke"):
+    config.model.name = settings.get("model", "wrn10_1")
+    config.model.dropout_rate = 0.0
+    config.student_dropout_rate = 0.0
+    config.data.max_train_examples = 256
+    config.data.max_test_examples = 128
+    config.num_epochs = 1
+    config.optim.lr_decay_epochs = ()
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.eval_every_epochs = 1
+    config.num_generations = int(settings.get("generations", 2))
+  return config
