@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -76,6 +77,12 @@ def chain(tmp_path_factory):
   """One uninterrupted two-generation run, with the fit calls recorded."""
   monkeypatch = pytest.MonkeyPatch()
   spy = FitSpy(monkeypatch)
+  # The step compiles once for generation 0 (labels) and once for the
+  # students, which share it: a third trace (a retrace per epoch or per
+  # generation) fails the run.
+  chex.clear_trace_counter()
+  monkeypatch.setattr(train, "student_update",
+                      chex.assert_max_traces(train.student_update, n=2))
   workdir = tmp_path_factory.mktemp("chain")
   config = tiny_config()
   results = pipeline.run(config, str(workdir))
