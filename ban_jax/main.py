@@ -3,9 +3,15 @@ r"""Command-line entry point: flags, logging, distributed init, the chain.
   python -m ban_jax.main --config=configs/cifar100.py --workdir=runs/c100
 
 Every config field can be overridden, e.g. `--config.num_generations=2`.
+Mistakes in the command (a misspelt field, an unknown model, missing data)
+end the program with one message that says what is wrong and how to fix
+it, and a non-zero exit status; nothing already on disk is touched.
 """
 
+import importlib.util
 import logging as std_logging
+import pickle
+import sys
 
 from absl import app
 from absl import flags
@@ -26,17 +32,70 @@ def _quiet_orbax(record) -> bool:
   return record.levelno > std_logging.INFO or "/orbax/" not in record.pathname
 
 
+def _load_config_file(argv: list[str]):
+  """The config named by --config, without overrides (for error messages)."""
+  spec = next((a.split("=", 1)[1] for a in argv
+               if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, argument = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(argument) if argument else module.get_config()
+
+
+def unknown_field_message(argv: list[str]) -> str | None:
+  """Names the misspelt `--config.a.b` field and lists the valid ones."""
+  try:
+    config = _load_config_file(argv)
+  except Exception:  # pylint: disable=broad-except
+    return None  # The original error is clearer then.
+  if config is None:
+    return None
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0].split(".")
+    node, prefix = config, "config"
+    for key in path:
+      if not hasattr(node, "keys") or key not in node:
+        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else ""
+        return (f"Unknown config field {prefix}.{key} (in {arg}). Valid "
+                f"fields of {prefix}: {valid}.")
+      node, prefix = node[key], f"{prefix}.{key}"
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with a readable message for a misspelt config field."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"FATAL Flags parsing error: {e}\nPass --help for usage.")
+  except (AttributeError, KeyError) as e:  # ml_collections: unknown field.
+    sys.exit(unknown_field_message(argv) or f"Bad config override: {e}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # Imported here so that `--help` and flag errors come back at once.
-  from ban_jax import distributed  # pylint: disable=g-import-not-at-top
-  from ban_jax import pipeline  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from ban_jax import distributed
+  from ban_jax import pipeline
+  from ban_jax import validation
+  # pylint: enable=g-import-not-at-top
   distributed.initialize()
-  pipeline.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except (validation.ConfigError, FileNotFoundError,
+          pickle.UnpicklingError) as e:
+    # Mistakes the user fixes: the message is the whole story.
+    sys.exit(f"ERROR: {e}")
   logging.info("Wrote %s/results.json and results.md.", _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
