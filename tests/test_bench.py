@@ -1,0 +1,56 @@
+"""`python -m ban_jax.bench` on the CPU with tiny settings: its output."""
+
+import json
+import os
+import subprocess
+import sys
+
+from ban_jax import bench
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER_KEYS = ("impl", "model", "mode", "batch", "img_per_s")
+
+
+def test_bench_prints_json_lines_and_a_table():
+  # Unoptimised XLA code compiles twice as fast; only the output's form
+  # is checked here, not the speed.
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+             "--xla_backend_optimization_level=0")
+  proc = subprocess.run(
+      [sys.executable, "-m", "ban_jax.bench", "--models=wrn10_1,nope",
+       "--batch_sizes=16", "--steps=2", "--warmup=1", "--image_size=8",
+       "--num_examples=48"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+  rows = [json.loads(line) for line in lines]
+  good = [r for r in rows if r["model"] == "wrn10_1"]
+  assert [r["mode"] for r in good] == ["fp32", "fp32+aug", "epoch"], (
+      proc.stdout + proc.stderr[-3000:])
+  for row in good:
+    assert "error" not in row, row
+    for key in PEER_KEYS + ("compile_s", "peak_mem_gb", "loss"):
+      assert key in row, (key, row)
+    assert row["impl"] == "ban_jax" and row["batch"] == 16
+    assert row["img_per_s"] > 0 and row["devices"] == 2
+    assert row["peak_mem_gb"] is None  # CPU devices keep no memory stats.
+  assert good[-1]["steps"] == 48 // 16
+  # A bad model name is an error row, not a crash, and the exit code says so.
+  bad = [r for r in rows if r["model"] == "nope"]
+  assert len(bad) == 3 and all("Unknown model" in r["error"] for r in bad)
+  assert proc.returncode == 1
+  assert "| ban_jax | wrn10_1 | epoch | 16 |" in proc.stdout
+
+
+def test_table_adds_matching_peer_rows():
+  ours = [{"impl": "ban_jax", "model": "densenet100_12", "mode": "bf16",
+           "batch": 128, "img_per_s": 7000.0, "compile_s": 30.0,
+           "peak_mem_gb": 3.5}]
+  peer = [{"impl": "torch", "model": "densenet_bc100", "mode": "fp32",
+           "batch": 128, "img_per_s": 2997.0},
+          {"impl": "torch", "model": "resnet18", "mode": "fp32",
+           "batch": 128, "img_per_s": 11649.0}]
+  text = bench.table(ours, peer)
+  assert "| ban_jax | densenet100_12 | bf16 | 128 | 7,000.0 | 30.0 | 3.50 |" in text
+  assert "| torch | densenet_bc100 | fp32 | 128 | 2,997.0 | - | - |" in text
+  assert "resnet18" not in text
