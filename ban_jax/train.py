@@ -224,23 +224,27 @@ class GenerationTrainer:
 
   # -- initialisation ------------------------------------------------------
 
+  def _init(self, rng: jax.Array) -> TrainState:
+    dummy = jnp.zeros((1,) + self.image_shape, jnp.float32)
+    variables = self.student.init({"params": rng, "dropout": rng}, dummy,
+                                  train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=self.tx.init(params))
+
+  @functools.cached_property
+  def _jitted_init(self):
+    # One compiled init per trainer: generations sharing a trainer reuse it.
+    return jax.jit(self._init, out_shardings=self._replicated)
+
   def init_state(self, rng: jax.Array) -> TrainState:
     """A freshly initialised student, replicated over the mesh."""
-
-    def init(rng):
-      dummy = jnp.zeros((1,) + self.image_shape, jnp.float32)
-      variables = self.student.init({"params": rng, "dropout": rng}, dummy,
-                                    train=False)
-      params = variables["params"]
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        batch_stats=variables.get("batch_stats", {}),
-                        opt_state=self.tx.init(params))
-
-    return jax.jit(init, out_shardings=self._replicated)(rng)
+    return self._jitted_init(rng)
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the state, for Orbax restores."""
-    shapes = jax.eval_shape(self.init_state, jax.random.key(0))
+    shapes = jax.eval_shape(self._init, jax.random.key(0))
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                        sharding=self._replicated), shapes)
