@@ -14,3 +14,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # configs/ is not a package: make `configs.digits` importable in tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Many tests build the same small networks again (every pipeline.run makes
+# new trainers); a persistent compilation cache for the session turns those
+# recompiles into cache hits. Same HLO, same executable: results unchanged.
+import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update("jax_compilation_cache_dir",
+                  tempfile.mkdtemp(prefix="ban_jax_test_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
