@@ -7,14 +7,40 @@ and `progress` (the epoch history and the running sums of the current
 epoch, so that a resumed run logs exactly what an uninterrupted one would).
 Orbax writes each step to a temporary folder and renames it when complete,
 so a crash mid-save leaves the previous checkpoint as the latest; one that
-is complete on disk but unreadable is skipped with a warning.
+is complete on disk but unreadable (or holds NaN/inf) is skipped with a
+warning and moved aside to `<step>.unreadable`, so that training can write
+that step again. A train state with NaN/inf values is never saved: the last
+checkpoint on disk is always one to resume from.
 """
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
+
+
+class NonFiniteStateError(FloatingPointError):
+  """A train state with NaN or infinite values was about to be saved."""
+
+
+def is_finite(tree) -> bool:
+  """Whether every float in `tree` is finite.
+
+  Reads this process's copy of each (replicated) array on the host: no
+  compilation, and the save that follows copies the state to the host too.
+  """
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array):
+      leaf = leaf.addressable_data(0)
+    leaf = np.asarray(leaf)
+    if jnp.issubdtype(leaf.dtype, jnp.inexact) and not np.isfinite(leaf).all():
+      return False
+  return True
 
 
 class GenerationCheckpoints:
@@ -39,7 +65,22 @@ class GenerationCheckpoints:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, progress: dict[str, Any]) -> None:
-    """Starts an asynchronous save; `wait` blocks until it is on disk."""
+    """Starts an asynchronous save; `wait` blocks until it is on disk.
+
+    Raises:
+      NonFiniteStateError: `state` has NaN or infinite values. Nothing is
+        written, so the latest checkpoint stays the last good one. (A step's
+        loss can be finite while its update overflows the weights.)
+    """
+    if not is_finite(state):
+      last = self.latest_step()
+      where = (f"{self.directory}/{last}" if last is not None
+               else "none yet (the generation restarts from scratch)")
+      raise NonFiniteStateError(
+          f"The train state at step {step} has NaN or infinite values, so it "
+          f"is not saved in {self.directory}. The last good checkpoint is "
+          f"{where}; it is left intact. Lower config.optim.learning_rate or "
+          "check the data, then rerun.")
     self._manager.save(
         step, force=True,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -49,22 +90,49 @@ class GenerationCheckpoints:
                      ) -> tuple[int, Any, dict[str, Any]] | None:
     """(step, state, progress) of the newest readable checkpoint, or None.
 
-    A checkpoint that fails to restore (corrupt or truncated files) is
-    skipped with a warning and the one before it is tried.
+    A checkpoint that fails to restore (corrupt or truncated files) or holds
+    NaN/inf is skipped with a warning, moved aside, and the one before it is
+    tried.
     """
+    unreadable = []
+    found = None
     for step in reversed(self.all_steps()):
       try:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
                 progress=ocp.args.JsonRestore()))
+        if not is_finite(restored.state):
+          raise NonFiniteStateError("the train state has NaN or inf values")
       except Exception as e:  # pylint: disable=broad-except
         logging.warning(
-            "Checkpoint %s/%d is unreadable (%s: %s); trying the previous "
-            "one.", self.directory, step, type(e).__name__, e)
+            "Checkpoint %s/%d is unreadable (%s: %s); moving it to %s/%d."
+            "unreadable and trying the previous one.", self.directory, step,
+            type(e).__name__, e, self.directory, step)
+        unreadable.append(step)
         continue
-      return step, restored.state, dict(restored.progress)
-    return None
+      found = step, restored.state, dict(restored.progress)
+      break
+    if unreadable:
+      self._set_aside(unreadable)
+    return found
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames unreadable steps, which Orbax then no longer lists.
+
+    Left in place, an unreadable step would stop training when it reaches
+    that step again (Orbax refuses to overwrite a step). Renaming, not
+    deleting, keeps the files for a look if the read error was transient.
+    """
+    if jax.process_index() == 0:
+      for step in steps:
+        aside = self.directory / f"{step}.unreadable"
+        if aside.exists():
+          aside.rmtree()
+        (self.directory / str(step)).rename(aside)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"set_aside:{self.directory}")
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -90,11 +90,12 @@ def main(argv):
   distributed.initialize()
   try:
     pipeline.run(_CONFIG.value, _WORKDIR.value)
-  except (validation.ConfigError, FileNotFoundError,
+  except (validation.ConfigError, FileNotFoundError, FloatingPointError,
           pickle.UnpicklingError) as e:
-    # Mistakes the user fixes: the message is the whole story.
+    # The message says what went wrong, where, and how to go on.
     sys.exit(f"ERROR: {e}")
-  logging.info("Wrote %s/results.json and results.md.", _WORKDIR.value)
+  logging.info("Wrote %s/results.json, results.md and results.png.",
+               _WORKDIR.value)
 
 
 if __name__ == "__main__":

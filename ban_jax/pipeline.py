@@ -11,7 +11,7 @@ unfinished one from its latest checkpoint.
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -20,7 +20,9 @@ from etils import epath
 from flax import linen as nn
 
 from ban_jax import checkpoints
+from ban_jax import metrics_writer
 from ban_jax import models
+from ban_jax import paper_results
 from ban_jax import parallel
 from ban_jax import report
 from ban_jax import train
@@ -30,7 +32,8 @@ from ban_jax.data import load_dataset
 # Config fields that may change between reruns of one workdir: they do not
 # change what a finished generation computed.
 RERUN_SAFE_FIELDS = ("num_generations", "ensemble_sizes", "eval_every_epochs",
-                     "checkpoint_every_steps", "steps_per_call")
+                     "checkpoint_every_steps", "steps_per_call", "seeds",
+                     "paper_row")
 
 
 @dataclasses.dataclass
@@ -139,10 +142,26 @@ def _trainer(cache: dict, config, name: str,
   return cache[key]
 
 
+def _each(*callbacks):
+  """One on_epoch callback that calls every given one (None: skipped)."""
+  callbacks = [c for c in callbacks if c is not None]
+
+  def call(record):
+    for callback in callbacks:
+      callback(record)
+  return call
+
+
 def run_generation(config, index: int, teacher: Generation | None,
                    data: train.DeviceData, mesh, gen_dir: epath.Path,
-                   trainers: dict | None = None) -> Generation:
-  """Trains (or loads, if finished) generation `index` of the chain."""
+                   trainers: dict | None = None,
+                   on_epoch: Callable[[dict[str, Any]], None] | None = None
+                   ) -> Generation:
+  """Trains (or loads, if finished) generation `index` of the chain.
+
+  `on_epoch`, if given, gets each epoch's record after the progress line is
+  logged (the pipeline passes a TensorBoard writer's).
+  """
   name = model_name(config, index)
   share = index > 0 and config.share_stem_classifier
   trainer = _trainer({} if trainers is None else trainers, config, name,
@@ -174,7 +193,7 @@ def run_generation(config, index: int, teacher: Generation | None,
           trainer, state, teacher.variables if teacher else None, data,
           train_rng, ckpt, progress, generation=index,
           teacher_test_logits=teacher_logits,
-          on_epoch=_log_epoch(index, config.num_epochs))
+          on_epoch=_each(_log_epoch(index, config.num_epochs), on_epoch))
   finally:
     # Whatever stops the run, the checkpoint being written is finished.
     ckpt.close()
@@ -210,8 +229,58 @@ def ensembles(config, generations: list[Generation],
   return out
 
 
+def seeds(config) -> list[int]:
+  """The seeds to run the chain with: config.seeds, else config.seed."""
+  return list(config.get("seeds", ()) or ()) or [config.seed]
+
+
+def _config_for_seed(config, seed: int):
+  config = config.copy_and_resolve_references()
+  config.seed = seed
+  return config
+
+
+def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
+              trainers: dict) -> list[Generation]:
+  """Generations 0..G of one seed (config.seed), trained or loaded.
+
+  TensorBoard scalars of generation g go to
+  `<workdir>/tensorboard/seed_<s>/gen_<g>` (process 0 only).
+  """
+  seed_dir = workdir / f"seed_{config.seed}"
+  board_dir = workdir / "tensorboard" / f"seed_{config.seed}"
+  generations: list[Generation] = []
+  for index in range(config.num_generations + 1):
+    teacher = generations[-1] if generations else None
+    writer = metrics_writer.create(board_dir / f"gen_{index}")
+    try:
+      generations.append(run_generation(
+          config, index, teacher, data, mesh, seed_dir / f"gen_{index}",
+          trainers, on_epoch=metrics_writer.epoch_callback(writer)))
+    finally:
+      writer.close()
+  return generations
+
+
+def paper_entry(config) -> dict[str, Any] | None:
+  """results.json's `paper`: the named row's numbers, or None."""
+  if not config.get("paper_row", ""):
+    return None
+  row = paper_results.get(config.paper_row)
+  return {"row": config.paper_row, "table": row.table,
+          "setting": row.setting(), "test_error": dict(row.test_error),
+          "note": row.note,
+          "mismatches": paper_results.mismatches(row, config)}
+
+
 def run(config, workdir: str) -> dict[str, Any]:
-  """Trains and evaluates the whole chain; returns results.json's content."""
+  """Trains and evaluates the chain of every seed; returns results.json.
+
+  `results["per_seed"]` holds each seed's generations and ensembles,
+  `results["over_seeds"]` each column's mean and std over seeds, and
+  `results["generations"]` / `["ensembles"]` the first seed's (what a
+  single-seed run reports).
+  """
   validation.validate(config)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -219,21 +288,35 @@ def run(config, workdir: str) -> dict[str, Any]:
   dataset = load_dataset(config.data)
   mesh = parallel.make_mesh()
   data = train.put_dataset(dataset, mesh, config.eval_batch_size)
-  seed_dir = workdir / f"seed_{config.seed}"
-  generations: list[Generation] = []
+  # Shared by the seeds too: one compilation per (student, teacher) pair.
   trainers = {}
-  for index in range(config.num_generations + 1):
-    teacher = generations[-1] if generations else None
-    generations.append(run_generation(config, index, teacher, data, mesh,
-                                      seed_dir / f"gen_{index}", trainers))
+  per_seed = []
+  run_seeds = seeds(config)
+  for i, seed in enumerate(run_seeds):
+    if len(run_seeds) > 1:
+      logging.info("Seed %d (%d of %d).", seed, i + 1, len(run_seeds))
+    seed_config = _config_for_seed(config, seed)
+    generations = run_chain(seed_config, data, mesh, workdir, trainers)
+    per_seed.append({
+        "seed": seed,
+        "generations": [g.result for g in generations],
+        "ensembles": ensembles(seed_config, generations, data.test_labels),
+    })
+    del generations  # Frees the devices of this seed's networks.
   results = {
       "dataset": dataset.name,
       "loss": config.distill.loss,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-      "generations": [g.result for g in generations],
-      "ensembles": ensembles(config, generations, data.test_labels),
-      "config": config.to_dict(),
+      "seeds": run_seeds,
+      "generations": per_seed[0]["generations"],
+      "ensembles": per_seed[0]["ensembles"],
+      "per_seed": per_seed,
+      "over_seeds": report.over_seeds(per_seed),
   }
+  paper = paper_entry(config)
+  if paper:
+    results["paper"] = paper
+  results["config"] = config.to_dict()
   if jax.process_index() == 0:
     report.write(workdir, results)
   logging.info("Results (test error %%):\n%s", report.markdown_table(results))

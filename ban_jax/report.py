@@ -1,8 +1,20 @@
-"""Reports of a chain: results.json and the paper-style results.md."""
+"""Reports of a chain: results.json, the paper-style results.md, results.png.
 
+`results` is the dict `pipeline.run` returns. Every seed's chain is in
+`results["per_seed"]` (a list of {"seed", "generations", "ensembles"});
+`results["generations"]` and `results["ensembles"]` repeat the first seed's,
+for readers of single-seed runs. The report's columns are the chain's
+generations (Teacher, BAN-1, ...) then its ensembles (Ens*2, ...); with
+several seeds each cell is the mean +/- the sample standard deviation over
+seeds. When the config names a paper row, `results["paper"]` holds the
+paper's numbers by the same column names (see `ban_jax/paper_results.py`).
+"""
+
+import io
 import json
 from typing import Any
 
+import numpy as np
 from etils import epath
 
 
@@ -10,29 +22,177 @@ def generation_label(generation: int) -> str:
   return "Teacher" if generation == 0 else f"BAN-{generation}"
 
 
-def markdown_table(results: dict[str, Any]) -> str:
-  """Test error (%) of every generation and ensemble, one row per chain."""
+def chains(results: dict[str, Any]) -> list[dict[str, Any]]:
+  """Each seed's chain; a results dict without `per_seed` is one chain."""
+  return results.get("per_seed") or [results]
+
+
+def columns(chain: dict[str, Any]) -> dict[str, float]:
+  """Column name -> test error (%) of one chain, in report order."""
+  return {x["name"]: x["test_error"]
+          for x in chain["generations"] + chain["ensembles"]}
+
+
+def over_seeds(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Mean and sample standard deviation (ddof=1) of each column's error.
+
+  One seed has a standard deviation of 0: there is no spread to estimate.
+  """
+  names = list(columns(per_seed[0]))
+  out = []
+  for name in names:
+    errors = np.array([columns(chain)[name] for chain in per_seed])
+    out.append({
+        "name": name,
+        "test_error_mean": float(errors.mean()),
+        "test_error_std": float(errors.std(ddof=1)) if len(errors) > 1
+                          else 0.0,
+        "test_errors": errors.tolist(),
+        "seeds": [chain["seed"] for chain in per_seed],
+    })
+  return out
+
+
+def _model_label(results: dict[str, Any]) -> str:
   gens = results["generations"]
-  ens = results["ensembles"]
-  header = ["Model"] + [generation_label(g["generation"]) for g in gens] + [
-      e["name"] for e in ens]
   teacher = gens[0]["model"]
   student = gens[-1]["model"] if len(gens) > 1 else teacher
   model = teacher if student == teacher else f"{teacher} -> {student}"
-  row = [f"{model} ({results['dataset']}, {results['loss']})"] + [
-      f"{x['test_error']:.2f}" for x in gens + ens]
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "---|" * len(header),
-           "| " + " | ".join(row) + " |"]
+  return f"{model} ({results['dataset']}, {results['loss']})"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+  """Test error (%) of every generation and ensemble, and the paper's.
+
+  One row for our chain (mean +/- std over seeds when there are several)
+  and, when the config names a paper row, one row with the paper's numbers
+  under the columns it has.
+  """
+  per_seed = chains(results)
+  names = list(columns(per_seed[0]))
+  if len(per_seed) > 1:
+    summary = {c["name"]: c for c in over_seeds(per_seed)}
+    cells = [f"{summary[n]['test_error_mean']:.2f} ± "
+             f"{summary[n]['test_error_std']:.2f}" for n in names]
+  else:
+    cells = [f"{e:.2f}" for e in columns(per_seed[0]).values()]
+  rows = [[_model_label(results)] + cells]
+  paper = results.get("paper")
+  if paper:
+    rows.append([f"Paper, {paper['table']} (`{paper['row']}`)"] + [
+        f"{paper['test_error'][n]:.2f}" if n in paper["test_error"] else "–"
+        for n in names])
+  lines = ["| " + " | ".join(["Model"] + names) + " |",
+           "|" + "---|" * (len(names) + 1)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
   return "\n".join(lines)
 
 
+def per_seed_table(results: dict[str, Any]) -> str:
+  """One row per seed: the numbers behind the mean and std."""
+  per_seed = chains(results)
+  names = list(columns(per_seed[0]))
+  lines = ["| " + " | ".join(["Seed"] + names) + " |",
+           "|" + "---|" * (len(names) + 1)]
+  for chain in per_seed:
+    lines.append("| " + " | ".join(
+        [str(chain["seed"])] + [f"{e:.2f}" for e in columns(chain).values()])
+                 + " |")
+  return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+  """The whole of results.md."""
+  per_seed = chains(results)
+  parts = ["# Results: test error (%)", "", markdown_table(results), ""]
+  if len(per_seed) > 1:
+    parts += [f"Mean ± sample standard deviation over {len(per_seed)} seeds "
+              f"({', '.join(str(c['seed']) for c in per_seed)}). A single "
+              "run proves little: the paper's two runs of one recipe "
+              "differed by 0.66 points.", "", "## Per seed", "",
+              per_seed_table(results), ""]
+  paper = results.get("paper")
+  if paper:
+    parts += [f"Paper: {paper['table']}, {paper['setting']}.", ""]
+    if paper.get("note"):
+      parts += [paper["note"], ""]
+    if paper.get("mismatches"):
+      parts += ["This run differs from the paper's setting: "
+                + "; ".join(paper["mismatches"]) + ".", ""]
+  parts += ["Test error per generation: results.png.", ""]
+  return "\n".join(parts)
+
+
+def plot(results: dict[str, Any]) -> bytes:
+  """PNG of test error per generation, with the ensembles and the paper's."""
+  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  per_seed = chains(results)
+  gens = [g["name"] for g in per_seed[0]["generations"]]
+  ens = [e["name"] for e in per_seed[0]["ensembles"]]
+  errors = np.array([list(columns(c).values()) for c in per_seed])
+  mean = errors.mean(0)
+  std = errors.std(0, ddof=1) if len(per_seed) > 1 else np.zeros_like(mean)
+  x = np.arange(len(gens))
+  # Ens*k sits just right of BAN-k, the last generation it averages.
+  ens_x = np.array([int(name.split("*")[1]) + 0.15 for name in ens])
+
+  fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  label = "ours" if len(per_seed) == 1 else (
+      f"ours, mean ± std of {len(per_seed)} seeds")
+  ax.errorbar(x, mean[:len(gens)], yerr=std[:len(gens)], marker="o",
+              capsize=3, label=label)
+  if len(per_seed) > 1:
+    for row in errors:
+      ax.plot(x, row[:len(gens)], color="C0", alpha=0.25, linewidth=0.8)
+  if ens:
+    ax.errorbar(ens_x, mean[len(gens):], yerr=std[len(gens):], marker="D",
+                linestyle="--", capsize=3, color="C1",
+                label="born-again ensemble Ens*k (by BAN-k)")
+    for name, xy in zip(ens, zip(ens_x, mean[len(gens):])):
+      ax.annotate(name, xy, textcoords="offset points", xytext=(6, 4),
+                  fontsize="small", color="C1")
+  paper = results.get("paper")
+  if paper:
+    positions = {name: i for i, name in enumerate(gens)}
+    positions.update(zip(ens, ens_x))
+    points = [(positions[n], v) for n, v in paper["test_error"].items()
+              if n in positions]
+    if points:
+      px, py = zip(*points)
+      ax.scatter(px, py, marker="x", color="0.3", zorder=3,
+                 label=f"paper, {paper['table']}")
+  ax.set_xticks(x, gens)
+  ax.set_xlabel("generation")
+  ax.set_ylabel("test error (%)")
+  ax.set_title(_model_label(results))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize="small")
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
+  return buffer.getvalue()
+
+
+def _write_atomically(path: epath.Path, data: str | bytes) -> None:
+  # A run killed while writing leaves the old file, never half a new one.
+  tmp = path.parent / f".{path.name}.tmp"
+  if isinstance(data, bytes):
+    tmp.write_bytes(data)
+  else:
+    tmp.write_text(data)
+  tmp.replace(path)
+
+
 def write(workdir: epath.Path, results: dict[str, Any]) -> None:
+  """results.json, results.md and results.png in `workdir`."""
   workdir = epath.Path(workdir)
-  (workdir / "results.json").write_text(
-      json.dumps(results, indent=2, default=_jsonable) + "\n")
-  text = ("# Results: test error (%)\n\n" + markdown_table(results) + "\n")
-  (workdir / "results.md").write_text(text)
+  _write_atomically(workdir / "results.json",
+                    json.dumps(results, indent=2, default=_jsonable) + "\n")
+  _write_atomically(workdir / "results.md", markdown(results))
+  _write_atomically(workdir / "results.png", plot(results))
 
 
 def _jsonable(x):

@@ -1,19 +1,96 @@
 """Checks a config before any compute, with one clear message per problem.
 
-Field-name typos are caught earlier by the locked ConfigDict of
-`ml_collections.config_flags` (and by `check_fields` for configs built in
-Python); this module checks names and values.
+`validate` is the first thing `pipeline.run` does: a day-long chain should
+not fail at generation 3 on something a glance at the config could tell. It
+checks, in order: field names (`check_fields`), names (dataset, models,
+loss, paper row), values (positive rates and counts, seeds, ensembles no
+larger than the chain, batches divisible by the devices), and whether the
+models can take the dataset at all, by tracing them abstractly on its image
+shape (`jax.eval_shape`: shapes only, no compute).
+
+Misspelt fields on the command line are caught by the locked ConfigDict of
+`ml_collections.config_flags` (see main.py); `check_fields` catches them in
+configs built in Python, where a typo silently adds a new field.
 """
 
-import jax
+import difflib
 
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from ban_jax import feature_losses
 from ban_jax import losses
 from ban_jax import models
+from ban_jax import paper_results
+from ban_jax import train
 from ban_jax.data import DATASET_NAMES
 
 
 class ConfigError(ValueError):
   """A config value that cannot work, with the way to fix it."""
+
+
+# Every field some part of ban_jax reads (configs/digits.py and
+# configs/cifar_base.py). A field that is not here but is close to one that
+# is, is a typo; add new fields here when you add them to a config.
+KNOWN_FIELDS = (
+    "seed", "seeds", "num_generations", "ensemble_sizes", "paper_row",
+    "data.name", "data.augment", "data.crop_padding", "data.source",
+    "data.data_dir", "data.archive_path", "data.max_train_examples",
+    "data.max_test_examples",
+    "model.name", "model.dropout_rate", "model.dtype", "student_model",
+    "student_dropout_rate", "share_stem_classifier",
+    "distill.loss", "distill.temperature", "distill.label_weight",
+    "distill.teacher_weight", "distill.dkpp_keep_argmax",
+    "distill.attention_weight", "distill.fsp_weight",
+    "optim.learning_rate", "optim.momentum", "optim.nesterov",
+    "optim.weight_decay", "optim.lr_decay_epochs", "optim.lr_decay_factor",
+    "num_epochs", "batch_size", "eval_batch_size", "eval_every_epochs",
+    "checkpoint_every_steps", "steps_per_call",
+)
+
+# (height, width, channels) and classes of each dataset, so that models can
+# be checked against it without loading it.
+DATASET_SHAPES = {
+    "digits": ((8, 8, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+}
+
+# Image side at which a model's total downsampling is measured: a power of
+# two large enough that every stride divides it.
+_REFERENCE_SIDE = 1024
+
+
+def _field_paths(config, prefix: str = "") -> list[str]:
+  paths = []
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      paths += _field_paths(value, f"{prefix}{key}.")
+    else:
+      paths.append(f"{prefix}{key}")
+  return paths
+
+
+def check_fields(config, known=KNOWN_FIELDS) -> None:
+  """Fails on a field that looks like a misspelling of a known one.
+
+  A field that is unknown but close to no known field may be someone's new
+  setting: it gets a warning, not an error.
+  """
+  for path in _field_paths(config):
+    if path in known:
+      continue
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.8)
+    if close:
+      raise ConfigError(
+          f"config.{path} is not a field; did you mean config.{close[0]}? "
+          "(Setting a misspelt field on a ConfigDict adds a new field "
+          "instead of changing the real one.)")
+    logging.warning("config.%s is not a field ban_jax knows; it is ignored "
+                    "unless some code reads it (see validation.KNOWN_FIELDS).",
+                    path)
 
 
 def _choice(what: str, value, valid) -> None:
@@ -27,6 +104,11 @@ def _positive(name: str, value) -> None:
     raise ConfigError(f"config.{name} must be positive, got {value!r}.")
 
 
+def _in_range(name: str, value, low, high, what: str) -> None:
+  if not low <= value < high:
+    raise ConfigError(f"config.{name} must be {what}, got {value!r}.")
+
+
 def _model(name: str, field: str) -> None:
   try:
     models.get_model(name, num_classes=10)
@@ -34,20 +116,146 @@ def _model(name: str, field: str) -> None:
     raise ConfigError(f"config.{field}: {e}") from None
 
 
+def _seeds(config) -> None:
+  seeds = list(config.get("seeds", ()) or ()) or [config.seed]
+  for seed in seeds:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+      raise ConfigError(
+          f"Seeds must be non-negative integers, got {seed!r} in "
+          f"config.seeds={tuple(config.get('seeds', ()))} / "
+          f"config.seed={config.seed!r}.")
+  if len(set(seeds)) != len(seeds):
+    raise ConfigError(f"config.seeds={tuple(seeds)} repeats a seed; each "
+                      "seed runs (and is stored) once.")
+
+
+def _paper_row(config) -> None:
+  key = config.get("paper_row", "")
+  if not key:
+    return
+  try:
+    row = paper_results.get(key)
+  except KeyError as e:
+    raise ConfigError(f"config.paper_row: {e.args[0]}") from None
+  for mismatch in paper_results.mismatches(row, config):
+    logging.warning("config.paper_row=%s: this run's %s; the report puts "
+                    "the paper's numbers beside it anyway.", key, mismatch)
+
+
+def _trace(name: str, field: str, config, image_shape, num_classes: int,
+           dataset: str):
+  """Abstract init + forward of a model: (params, intermediates) shapes."""
+  module = models.get_model(name, num_classes, dtype=config.model.dtype)
+
+  def forward(images):
+    rng = jax.random.key(0)
+    variables = module.init({"params": rng, "dropout": rng}, images,
+                            train=False)
+    logits, sown = module.apply(variables, images, train=False,
+                                mutable=["intermediates"])
+    return variables["params"], logits, sown.get("intermediates", {})
+
+  def shapes(side_shape):
+    return jax.eval_shape(
+        forward, jax.ShapeDtypeStruct((2,) + side_shape, jnp.float32))
+
+  height, width, channels = image_shape
+  try:
+    params, logits, sown = shapes(image_shape)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(
+        f"config.{field}={name!r} cannot take {dataset}'s {height}x{width}x"
+        f"{channels} images: {type(e).__name__}: {e}") from None
+  if logits.shape != (2, num_classes):
+    raise ConfigError(
+        f"config.{field}={name!r} gives outputs of shape {logits.shape[1:]} "
+        f"on {dataset}, which has {num_classes} classes.")
+  # A stride larger than what is left of the image does not downsample: the
+  # network that runs is not the one named. Measured on a large image.
+  if _last_stage_side(sown):
+    _, _, big = shapes((_REFERENCE_SIDE, _REFERENCE_SIDE, channels))
+    stride = _REFERENCE_SIDE // _last_stage_side(big)
+    if min(height, width) < stride:
+      raise ConfigError(
+          f"config.{field}={name!r} downsamples by {stride}, more than "
+          f"{dataset}'s {height}x{width} images allow; pick a model with "
+          "fewer strided stages.")
+  return params, sown
+
+
+def _last_stage_side(sown) -> int | None:
+  """Smaller spatial side of the last stage's output (None: none sown)."""
+  if not sown:
+    return None
+  _, outputs = feature_losses.stage_features(sown)
+  return min(outputs[-1].shape[1:3]) if outputs else None
+
+
+def _models_take_the_dataset(config) -> None:
+  """Traces generation 0's model and the students' on the dataset's shape."""
+  dataset = config.data.name
+  if dataset not in DATASET_SHAPES:
+    return  # A dataset added without its shape here: checked when loaded.
+  image_shape, num_classes = DATASET_SHAPES[dataset]
+  teacher_params, teacher_sown = _trace(
+      config.model.name, "model.name", config, image_shape, num_classes,
+      dataset)
+  student = config.student_model
+  if not student or student == config.model.name:
+    return
+  student_params, student_sown = _trace(
+      student, "student_model", config, image_shape, num_classes, dataset)
+  if config.share_stem_classifier:
+    for layer in ("stem", "classifier"):
+      shapes = [jax.tree.map(lambda x: x.shape, p.get(layer))
+                for p in (teacher_params, student_params)]
+      if None in shapes or shapes[0] != shapes[1]:
+        raise ConfigError(
+            f"config.share_stem_classifier: {config.model.name}'s {layer} "
+            f"has shapes {shapes[0]} but {student}'s has {shapes[1]}; pick a "
+            "student whose first conv and classifier match the teacher's, "
+            "or set config.share_stem_classifier=False.")
+  distill = config.distill
+  if distill.get("attention_weight", 0) or distill.get("fsp_weight", 0):
+    try:
+      jax.eval_shape(lambda s, t: train.feature_loss(distill, s, t),
+                     student_sown, teacher_sown)
+    except ValueError as e:
+      raise ConfigError(
+          "config.distill.attention_weight / fsp_weight: the feature terms "
+          f"between {config.model.name} (teacher) and {student} (student) "
+          f"cannot be computed: {e}") from None
+
+
 def validate(config) -> None:
   """Raises ConfigError on the first value that cannot work."""
+  check_fields(config)
   _choice("dataset (config.data.name)", config.data.name, DATASET_NAMES)
   _model(config.model.name, "model.name")
   if config.student_model:
     _model(config.student_model, "student_model")
   _choice("distillation loss (config.distill.loss)", config.distill.loss,
           losses.DISTILL_LOSSES)
+  _paper_row(config)
   _positive("optim.learning_rate", config.optim.learning_rate)
+  _positive("optim.lr_decay_factor", config.optim.lr_decay_factor)
+  _in_range("optim.momentum", config.optim.momentum, 0, 1, "in [0, 1)")
+  _in_range("optim.weight_decay", config.optim.weight_decay, 0,
+            float("inf"), ">= 0")
+  _in_range("model.dropout_rate", config.model.dropout_rate, 0, 1,
+            "in [0, 1)")
+  if config.get("student_dropout_rate", -1) >= 0:
+    _in_range("student_dropout_rate", config.student_dropout_rate, 0, 1,
+              "in [0, 1), or negative for model.dropout_rate")
   _positive("num_epochs", config.num_epochs)
   _positive("batch_size", config.batch_size)
   _positive("eval_batch_size", config.eval_batch_size)
   _positive("eval_every_epochs", config.eval_every_epochs)
+  _positive("steps_per_call", config.steps_per_call)
+  _in_range("checkpoint_every_steps", config.checkpoint_every_steps, 0,
+            float("inf"), ">= 0 (0: only at epoch ends)")
   _positive("distill.temperature", config.distill.temperature)
+  _seeds(config)
   if config.num_generations < 1:
     raise ConfigError(
         f"config.num_generations must be >= 1 (a teacher and at least one "
@@ -64,3 +272,4 @@ def validate(config) -> None:
       raise ConfigError(
           f"config.{field}={config[field]} is not divisible by the "
           f"{num_devices} devices; use a multiple of {num_devices}.")
+  _models_take_the_dataset(config)

@@ -24,6 +24,7 @@ e.g. `--config=configs/cifar100.py:model=densenet112_33,loss=cwtm`.
 
 import ml_collections
 
+from ban_jax import paper_results
 from configs import digits
 
 _KEYS = ("model", "student", "loss", "generations", "seeds")
@@ -94,6 +95,11 @@ def cifar_config(dataset: str, argument: str | None
   config.checkpoint_every_steps = 0
   config.steps_per_call = 1
 
+  # The paper's row for these settings (results.md shows its numbers).
+  config.paper_row = paper_results.find(
+      dataset, config.model.name, config.student_model, config.distill.loss,
+      config.share_stem_classifier) or ""
+
   if settings.get("smoke"):
     config.model.name = settings.get("model", "wrn10_1")
     config.model.dropout_rate = 0.0
@@ -106,4 +112,5 @@ def cifar_config(dataset: str, argument: str | None
     config.eval_batch_size = 64
     config.eval_every_epochs = 1
     config.num_generations = int(settings.get("generations", 2))
+    config.paper_row = ""  # A smoke run reproduces nothing.
   return config

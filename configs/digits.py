@@ -18,10 +18,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Random seed of the chain; generation g uses fold_in(seed, g).
   config.seed = 0
+  # Seeds to run the whole chain with, e.g. (0, 1, 2); empty: just `seed`.
+  config.seeds = ()
   # Born-again generations after the teacher (generation 0).
   config.num_generations = 3
   # Ens*k sizes to report; empty means every k in 2..num_generations.
   config.ensemble_sizes = ()
+  # Paper row to report beside ours, e.g. "table2/densenet90_60/ban"; "": none.
+  config.paper_row = ""
 
   config.data = ml_collections.ConfigDict()
   # Dataset name: digits, cifar10 or cifar100.

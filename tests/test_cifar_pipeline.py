@@ -49,6 +49,9 @@ def test_config_argument():
   assert config.distill.loss == "cwtm"
   assert config.num_generations == 2
   assert config.share_stem_classifier
+  assert config.paper_row == ""  # Table 5 students are never CWTM.
+  assert cifar100.get_config("model=densenet90_60").paper_row == (
+      "table2/densenet90_60/ban")
   with pytest.raises(ValueError, match=r"Unknown config argument 'modle=x'"
                      r".*model=\.\.\..*smoke"):
     cifar_base.parse_argument("modle=x")

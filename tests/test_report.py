@@ -1,0 +1,247 @@
+"""Reports: results.md/json/png, seeds, the paper's numbers, TensorBoard."""
+
+import json
+import pathlib
+import re
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from ban_jax import metrics_writer
+from ban_jax import models
+from ban_jax import paper_results
+from ban_jax import pipeline
+from ban_jax import report
+from configs import digits
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------ synthetic
+
+
+def _chain(seed, errors, ens_errors):
+  gens = [{"generation": g, "name": report.generation_label(g),
+           "model": "wrn10_1", "test_error": e, "test_accuracy": 100 - e}
+          for g, e in enumerate(errors)]
+  ens = [{"name": f"Ens*{k}", "members": list(range(1, k + 1)),
+          "test_error": e, "test_accuracy": 100 - e}
+         for k, e in zip(range(2, 2 + len(ens_errors)), ens_errors)]
+  return {"seed": seed, "generations": gens, "ensembles": ens}
+
+
+def _results(per_seed, paper_row=""):
+  results = {"dataset": "cifar100", "loss": "kd", "per_seed": per_seed,
+             "generations": per_seed[0]["generations"],
+             "ensembles": per_seed[0]["ensembles"],
+             "over_seeds": report.over_seeds(per_seed)}
+  if paper_row:
+    config = digits.get_config()
+    config.paper_row = paper_row
+    results["paper"] = pipeline.paper_entry(config)
+  return results
+
+
+def test_mean_and_sample_std_over_seeds():
+  per_seed = [_chain(0, [20.0, 18.0, 17.0], [16.0]),
+              _chain(1, [22.0, 19.0, 17.0], [15.0]),
+              _chain(2, [21.0, 20.0, 17.0], [17.0])]
+  summary = {c["name"]: c for c in report.over_seeds(per_seed)}
+  assert list(summary) == ["Teacher", "BAN-1", "BAN-2", "Ens*2"]
+  assert summary["Teacher"]["test_error_mean"] == pytest.approx(21.0)
+  assert summary["Teacher"]["test_error_std"] == pytest.approx(1.0)  # ddof=1
+  assert summary["BAN-2"]["test_error_std"] == 0.0
+  assert summary["Ens*2"]["test_errors"] == [16.0, 15.0, 17.0]
+  assert summary["Ens*2"]["seeds"] == [0, 1, 2]
+
+  table = report.markdown_table(_results(per_seed))
+  assert "| Model | Teacher | BAN-1 | BAN-2 | Ens*2 |" in table
+  assert "| 21.00 ± 1.00 | 19.00 ± 1.00 | 17.00 ± 0.00 | 16.00 ± 1.00 |" in (
+      table)
+  text = report.markdown(_results(per_seed))
+  assert "over 3 seeds (0, 1, 2)" in text
+  assert "| 1 | 22.00 | 19.00 | 17.00 | 15.00 |" in text  # Per seed.
+
+
+def test_paper_numbers_beside_ours():
+  results = _results([_chain(0, [18.0, 17.0, 16.5, 16.0], [15.5, 15.2])],
+                     paper_row="table2/densenet90_60/ban")
+  table = report.markdown_table(results)
+  assert ("| Paper, Table 2 (`table2/densenet90_60/ban`) | 17.69 | 16.62 | "
+          "16.44 | 16.72 | 15.39 | 15.74 |") in table
+  text = report.markdown(results)
+  assert "Paper: Table 2, cifar100, densenet90_60, kd." in text
+  assert "another seed) reached 16.69, 0.07 points away" in text
+  # The digits config is not the paper's setting, and the report says so.
+  assert "dataset is 'digits', the paper's is 'cifar100'" in text
+
+  # Columns the paper lacks are left blank.
+  results = _results([_chain(0, [18.0, 17.0, 16.5], [15.5])],
+                     paper_row="table2/densenet80_120/cwtm")
+  assert "| 16.87 | 17.12 | – | – |" in report.markdown_table(results)
+
+
+def test_plot_is_a_png():
+  per_seed = [_chain(0, [20.0, 18.0, 17.0], [16.0]),
+              _chain(1, [22.0, 19.0, 17.5], [15.0])]
+  png = report.plot(_results(per_seed, "table2/densenet90_60/ban"))
+  assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
+
+
+def test_paper_rows_use_our_names():
+  columns = {"Teacher", "BAN-1", "BAN-2", "BAN-3", "Ens*2", "Ens*3"}
+  assert len(paper_results.ROWS) == 8 + 16 + 8 + 4
+  for key, row in paper_results.ROWS.items():
+    assert re.fullmatch(r"table[1-5]/[\w.]+/[\w.+]+", key), key
+    assert set(row.test_error) <= columns, key
+    for name in filter(None, (row.model, row.student)):
+      models.get_model(name, num_classes=10)  # A registered model.
+    assert paper_results.find(row.dataset, row.model, row.student, row.loss,
+                              row.share_stem_classifier) == key
+  row = paper_results.get("table2/densenet112_33/ban")
+  assert row.test_error == {"Teacher": 18.25, "BAN-1": 17.61, "BAN-2": 17.22,
+                            "BAN-3": 16.59, "Ens*2": 15.77, "Ens*3": 15.68}
+  assert paper_results.get("table2/densenet112_33/ban+l").test_error == {
+      "Teacher": 18.25, "BAN-1": 17.68}
+  assert paper_results.get("table3/wrn28_10/densenet90_60").test_error == {
+      "Teacher": 19.08, "BAN-1": 16.79}
+  assert paper_results.get("table5/densenet90_60/densewrn4_0.5").test_error == {
+      "BAN-1": 17.13}
+  assert paper_results.get("table1/wrn28_10/ban").dataset == "cifar10"
+  assert paper_results.find("digits", "wrn10_2", "", "kd") is None
+
+
+# ------------------------------------------------------------ tensorboard
+
+
+def _scalars(logdir):
+  accumulator = event_accumulator.EventAccumulator(str(logdir))
+  accumulator.Reload()
+  return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+          for tag in accumulator.Tags()["scalars"]}
+
+
+def test_epoch_records_become_tagged_scalars(tmp_path):
+  record = {"epoch": 2, "step": 42, "learning_rate": 0.01,
+            "train_loss": 0.5, "train_accuracy": 90.0,
+            "train_dark_knowledge_share": 0.25, "images_per_second": 1e3,
+            "test_loss": 0.25, "test_accuracy": 95.0,
+            "teacher_agreement": 97.0, "teacher_student_kl": 0.125,
+            "seconds_left": 3.0}
+  assert metrics_writer.epoch_scalars(record) == {
+      "learning_rate": 0.01, "train/loss": 0.5, "train/accuracy": 90.0,
+      "train/dark_knowledge_share": 0.25, "images_per_second": 1e3,
+      "test/loss": 0.25, "test/accuracy": 95.0,
+      "test/teacher_agreement": 97.0, "test/teacher_student_kl": 0.125}
+
+  # A run killed after logging epoch 2 but before its checkpoint: the rerun
+  # logs epoch 2 again, and TensorBoard keeps only the new copy.
+  writer = metrics_writer.create(tmp_path)
+  log = metrics_writer.epoch_callback(writer)
+  log({"epoch": 1, "step": 21, "train_loss": 1.0})
+  log({"epoch": 2, "step": 42, "train_loss": 0.7})
+  writer.close()
+  writer = metrics_writer.create(tmp_path)
+  log = metrics_writer.epoch_callback(writer)
+  log({"epoch": 2, "step": 42, "train_loss": 0.5})
+  writer.close()
+  assert _scalars(tmp_path) == {"train/loss": [(21, 1.0), (42, 0.5)]}
+
+
+# ------------------------------------------------------- a real tiny run
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+  """Teacher + 2 generations, for seeds 0 and 1, with a paper row."""
+  config = digits.get_config()
+  config.model.name = "wrn10_1"
+  config.num_generations = 2
+  config.num_epochs = 1
+  config.data.max_train_examples = 320  # 5 steps an epoch.
+  config.seeds = (0, 1)
+  config.paper_row = "table2/densenet90_60/ban"
+  workdir = tmp_path_factory.mktemp("two_seeds")
+  return config, workdir, pipeline.run(config, str(workdir))
+
+
+def test_results_of_every_seed(two_seeds):
+  _, workdir, results = two_seeds
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk["seeds"] == [0, 1]
+  assert [c["seed"] for c in on_disk["per_seed"]] == [0, 1]
+  assert on_disk["generations"] == on_disk["per_seed"][0]["generations"]
+  assert on_disk["ensembles"] == on_disk["per_seed"][0]["ensembles"]
+  for column in on_disk["over_seeds"]:
+    errors = [report.columns(c)[column["name"]] for c in on_disk["per_seed"]]
+    assert column["test_errors"] == errors
+    assert column["test_error_mean"] == pytest.approx(np.mean(errors))
+    assert column["test_error_std"] == pytest.approx(np.std(errors, ddof=1))
+  # Each seed is its own chain, with its own initialisation.
+  first, second = (c["generations"][0]["history"][0]["train_loss"]
+                   for c in on_disk["per_seed"])
+  assert first != second
+  assert (workdir / "seed_1" / "gen_2" / "result.json").exists()
+  assert on_disk["paper"]["test_error"]["BAN-1"] == 16.62
+  assert results["over_seeds"] == on_disk["over_seeds"]
+
+  text = (workdir / "results.md").read_text()
+  assert "| Model | Teacher | BAN-1 | BAN-2 | Ens*2 |" in text
+  teacher = on_disk["over_seeds"][0]
+  assert (f"| {teacher['test_error_mean']:.2f} ± "
+          f"{teacher['test_error_std']:.2f} |") in text
+  assert "| Paper, Table 2 (`table2/densenet90_60/ban`) | 17.69 |" in text
+  assert (workdir / "results.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_tensorboard_scalars_of_every_generation(two_seeds):
+  _, workdir, results = two_seeds
+  for chain in results["per_seed"]:
+    for gen in chain["generations"]:
+      logdir = (workdir / "tensorboard" / f"seed_{chain['seed']}"
+                / f"gen_{gen['generation']}")
+      scalars = _scalars(logdir)
+      expected = {"train/loss", "train/accuracy", "test/loss",
+                  "test/accuracy", "learning_rate", "images_per_second"}
+      if gen["generation"] > 0:
+        expected |= {"train/dark_knowledge_share", "test/teacher_agreement",
+                     "test/teacher_student_kl"}
+      assert set(scalars) == expected
+      record = gen["history"][-1]
+      assert scalars["test/accuracy"] == [
+          (record["step"], pytest.approx(record["test_accuracy"]))]
+      assert scalars["train/loss"] == [
+          (record["step"], pytest.approx(record["train_loss"]))]
+
+
+def test_rerun_adds_no_duplicate_scalars(two_seeds):
+  config, workdir, results = two_seeds
+  again = pipeline.run(config, str(workdir))  # Everything is loaded.
+  assert again["over_seeds"] == results["over_seeds"]
+  logdir = workdir / "tensorboard" / "seed_0" / "gen_1"
+  assert len(list(logdir.iterdir())) == 1  # No new, empty event files.
+
+
+def _doc_code() -> list[str]:
+  text = (ROOT / "docs" / "checkpoints.md").read_text()
+  return re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+
+
+def test_checkpoint_docs_load_generations_and_the_ensemble(two_seeds):
+  _, workdir, results = two_seeds
+  definitions, usage = _doc_code()
+  assert 'workdir = "runs/digits"' in usage
+  usage = usage.replace('"runs/digits"', repr(str(workdir)))
+  namespace = {}
+  # pylint: disable=exec-used
+  exec(definitions, namespace)
+  exec(usage, namespace)
+  # pylint: enable=exec-used
+  ban_2 = results["generations"][2]["test_accuracy"]
+  ens_2 = results["ensembles"][0]
+  assert ens_2["name"] == "Ens*2"
+  assert namespace["accuracy"] == pytest.approx(ban_2, abs=1e-9)
+  assert namespace["ensemble_accuracy"] == pytest.approx(
+      ens_2["test_accuracy"], abs=1e-9)
