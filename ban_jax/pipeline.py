@@ -174,8 +174,12 @@ def run_generation(config, index: int, teacher: Generation | None,
   restored = ckpt.restore_latest(trainer.abstract_state())
   if restored is not None:
     step, state, progress = restored
-    logging.info("Generation %d: resuming from checkpoint step %d of %d.",
-                 index, step, trainer.total_steps)
+    if step < trainer.total_steps:
+      logging.info("Generation %d: resuming from checkpoint step %d of %d.",
+                   index, step, trainer.total_steps)
+    else:
+      logging.info("Generation %d: finished earlier; loaded from its final "
+                   "checkpoint (step %d).", index, step)
   else:
     if result_path.exists():
       raise FileNotFoundError(
