@@ -64,6 +64,14 @@ class GenerationCheckpoints:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def last_good_message(self) -> str:
+    """Where a stopped run goes on from, for error messages."""
+    last = self.latest_step()
+    where = (f"{self.directory}/{last}" if last is not None
+             else "none yet (the generation restarts from scratch)")
+    return (f"The last good checkpoint is {where}; it is left intact. Lower "
+            "config.optim.learning_rate or check the data, then rerun.")
+
   def save(self, step: int, state: Any, progress: dict[str, Any]) -> None:
     """Starts an asynchronous save; `wait` blocks until it is on disk.
 
@@ -73,14 +81,9 @@ class GenerationCheckpoints:
         loss can be finite while its update overflows the weights.)
     """
     if not is_finite(state):
-      last = self.latest_step()
-      where = (f"{self.directory}/{last}" if last is not None
-               else "none yet (the generation restarts from scratch)")
       raise NonFiniteStateError(
           f"The train state at step {step} has NaN or infinite values, so it "
-          f"is not saved in {self.directory}. The last good checkpoint is "
-          f"{where}; it is left intact. Lower config.optim.learning_rate or "
-          "check the data, then rerun.")
+          f"is not saved in {self.directory}. {self.last_good_message()}")
     self._manager.save(
         step, force=True,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),

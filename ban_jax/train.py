@@ -352,13 +352,9 @@ def _host_sums(sums) -> dict[str, float]:
 def _check_finite(sums: dict[str, float], generation: int, steps: str,
                   ckpt) -> None:
   if not np.isfinite(sums.get("loss", 0.0)):
-    last = ckpt.latest_step()
-    where = (f"{ckpt.directory}/{last}" if last is not None
-             else "none yet (the generation restarts from scratch)")
     raise NonFiniteLossError(
         f"Non-finite training loss in generation {generation} at steps "
-        f"{steps}. The last good checkpoint is {where}; it is left intact. "
-        "Lower config.optim.learning_rate or check the data, then rerun.")
+        f"{steps}. {ckpt.last_good_message()}")
 
 
 def evaluate(trainer: GenerationTrainer, data: DeviceData,

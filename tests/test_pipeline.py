@@ -13,6 +13,7 @@ from ban_jax import parallel
 from ban_jax import pipeline
 from ban_jax import train
 from configs import digits
+from tests.run_results import scores as _scores
 
 
 def tiny_config(num_generations=2):
@@ -58,18 +59,6 @@ def _final_variables(workdir, generation, config):
   ckpt.close()
   assert step == trainer.total_steps
   return parallel.fetch(state.variables)
-
-
-TIMINGS = ("images_per_second", "seconds_left")
-
-
-def _scores(results):
-  """Everything a run computed, less the wall-clock timings."""
-  return ([(g["generation"], g["test_accuracy"], g["test_metrics"],
-            [{k: v for k, v in record.items() if k not in TIMINGS}
-             for record in g["history"]])
-           for g in results["generations"]],
-          [(e["name"], e["test_accuracy"]) for e in results["ensembles"]])
 
 
 @pytest.fixture(scope="module")

@@ -20,20 +20,9 @@ from ban_jax import pipeline
 from ban_jax import train
 from ban_jax import validation
 from configs import digits
+from tests.run_results import scores as _scores
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TIMINGS = ("images_per_second", "seconds_left")
-
-
-def _scores(results):
-  """Everything a run computed, less the wall-clock timings."""
-  return ([(g["generation"], g["test_accuracy"], g["test_metrics"],
-            [{k: v for k, v in record.items() if k not in TIMINGS}
-             for record in g["history"]])
-           for g in results["generations"]],
-          [(e["name"], e["test_accuracy"]) for e in results["ensembles"]])
-
-
 # ------------------------------------------- the command line, killed or NaN
 
 
