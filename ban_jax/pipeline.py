@@ -222,8 +222,7 @@ def ensembles(config, generations: list[Generation],
   """Ens*k: averaged probabilities of generations 1..k, in that order."""
   sizes = config.ensemble_sizes or range(2, config.num_generations + 1)
   students = [g for g in generations if g.index >= 1]
-  probs = [jax.nn.softmax(g.test_logits.astype(np.float64), axis=-1)
-           for g in students]
+  probs = [jax.nn.softmax(g.test_logits, axis=-1) for g in students]
   out = []
   for k in sizes:
     mean = np.mean(np.stack(probs[:k]), axis=0)

@@ -6,7 +6,7 @@ and returns float32 logits so that losses never run in half precision.
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,27 @@ def global_pool_logits(x: jax.Array, num_classes: int, dtype: Any) -> jax.Array:
   """Global average pool + the final linear layer, logits in float32."""
   x = jnp.mean(x, axis=(1, 2))
   return classifier(num_classes, dtype)(x).astype(jnp.float32)
+
+
+def residual_stages(module: nn.Module, x: jax.Array, stage_sizes, widths,
+                    make_block: Callable[[int, int, str], nn.Module],
+                    train: bool) -> jax.Array:
+  """The stage loop shared by the residual families.
+
+  Stage k has `stage_sizes[k]` blocks of `widths[k]` channels; the first
+  block of every stage after the first halves the resolution. Each stage's
+  input and output are sown into 'intermediates' as `stage{k}_in` /
+  `stage{k}_out` (the feature-level losses read them). `make_block(features,
+  stride, name)` builds one block; call from inside `module`'s compact
+  `__call__`.
+  """
+  for stage, (blocks, features) in enumerate(zip(stage_sizes, widths)):
+    module.sow("intermediates", f"stage{stage}_in", x)
+    for block in range(blocks):
+      stride = 2 if stage > 0 and block == 0 else 1
+      x = make_block(features, stride, f"stage{stage}_block{block}")(x, train)
+    module.sow("intermediates", f"stage{stage}_out", x)
+  return x
 
 
 partial = functools.partial

@@ -138,14 +138,11 @@ class ResNet(nn.Module):
     dtype = common.resolve_dtype(self.dtype)
     x = common.conv(self.stem_features, 3, dtype, name="stem")(x.astype(dtype))
     x = nn.relu(common.batch_norm(train, dtype, name="stem_norm")(x))
-    for stage, (blocks, features) in enumerate(
-        zip(self.stage_sizes, self.widths)):
-      self.sow("intermediates", f"stage{stage}_in", x)
-      for block in range(blocks):
-        stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(features, stride, self.shortcut, self.dropout_rate,
-                       dtype, name=f"stage{stage}_block{block}")(x, train)
-      self.sow("intermediates", f"stage{stage}_out", x)
+    x = common.residual_stages(
+        self, x, self.stage_sizes, self.widths,
+        lambda features, stride, name: BasicBlock(
+            features, stride, self.shortcut, self.dropout_rate, dtype,
+            name=name), train)
     return common.global_pool_logits(x, self.num_classes, dtype)
 
 
@@ -170,19 +167,11 @@ class PreActResNet(nn.Module):
     _check_stages(self.stage_sizes, self.widths)
     dtype = common.resolve_dtype(self.dtype)
     x = common.conv(self.stem_features, 3, dtype, name="stem")(x.astype(dtype))
-    for stage, (blocks, features) in enumerate(
-        zip(self.stage_sizes, self.widths)):
-      self.sow("intermediates", f"stage{stage}_in", x)
-      for block in range(blocks):
-        stride = 2 if stage > 0 and block == 0 else 1
-        name = f"stage{stage}_block{block}"
-        if self.bottleneck:
-          x = PreActBottleneck(features, stride, self.dropout_rate, dtype,
-                               name=name)(x, train)
-        else:
-          x = wrn.WideBasicBlock(features, stride, self.dropout_rate, dtype,
-                                 name=name)(x, train)
-      self.sow("intermediates", f"stage{stage}_out", x)
+    block_type = PreActBottleneck if self.bottleneck else wrn.WideBasicBlock
+    x = common.residual_stages(
+        self, x, self.stage_sizes, self.widths,
+        lambda features, stride, name: block_type(
+            features, stride, self.dropout_rate, dtype, name=name), train)
     if self.head_features and self.head_features != x.shape[-1]:
       # Pre-activated like the blocks, so the conv sees a normalised input.
       x = nn.relu(common.batch_norm(train, dtype, name="head_norm")(x))

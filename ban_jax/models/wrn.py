@@ -52,13 +52,10 @@ class WideResNet(nn.Module):
     dtype = common.resolve_dtype(self.dtype)
     blocks_per_stage = (self.depth - 4) // 6
     x = common.conv(16, 3, dtype, name="stem")(x.astype(dtype))
-    for stage, (features, stride) in enumerate(
-        zip((16 * self.width, 32 * self.width, 64 * self.width), (1, 2, 2))):
-      self.sow("intermediates", f"stage{stage}_in", x)
-      for block in range(blocks_per_stage):
-        x = WideBasicBlock(features, stride if block == 0 else 1,
-                           self.dropout_rate, dtype,
-                           name=f"stage{stage}_block{block}")(x, train)
-      self.sow("intermediates", f"stage{stage}_out", x)
+    x = common.residual_stages(
+        self, x, (blocks_per_stage,) * 3,
+        (16 * self.width, 32 * self.width, 64 * self.width),
+        lambda features, stride, name: WideBasicBlock(
+            features, stride, self.dropout_rate, dtype, name=name), train)
     x = nn.relu(common.batch_norm(train, dtype, name="final_norm")(x))
     return common.global_pool_logits(x, self.num_classes, dtype)
