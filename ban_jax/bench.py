@@ -38,6 +38,13 @@ the table. With several processes (see ban_jax/distributed.py) only process
   python3 .peer/peer_torch.py --models wrn28_10 --modes compile > peer.jsonl
   python3 -m ban_jax.bench --models=wrn28_10 --compare=peer.jsonl
 
+Steps per compiled call default to the config's `steps_per_call` (10 for
+CIFAR). `--xla_options` passes XLA options to the step alone (see
+`config.xla_options`); `--profile_dir=DIR` writes each compiled step's
+optimised HLO and, after each step-mode timing, a `jax.profiler` trace of
+`--profile_steps` more steps (`python -m ban_jax.trace_summary DIR` reads
+them). Results and the tuning log on an H200: docs/performance.md.
+
 The epoch row's `compile_s` is that of the program it runs (the `+aug` one,
 compiled once). Non-model settings (schedule, dtype default) come from
 `--config` (configs/cifar100.py), with the peer's recipe set over it.
@@ -86,9 +93,10 @@ def load_config(path: str):
 
 
 def bench_config(base, model: str, batch: int, dtype: str,
-                 steps_per_call: int, augment: bool):
+                 steps_per_call: int, augment: bool, xla_options: str = ""):
   """The peer's recipe: KD + label loss at T = 1, SGD-Nesterov, wd 5e-4."""
   config = base.copy_and_resolve_references()
+  config.xla_options = xla_options
   config.model.name = model
   config.model.dtype = dtype
   config.model.dropout_rate = 0.0
@@ -159,7 +167,8 @@ class KDBench:
   """
 
   def __init__(self, base_config, model: str, batch: int, dtype: str,
-               steps_per_call: int, data, mesh):
+               steps_per_call: int, data, mesh, xla_options: str = "",
+               profile_dir: str = "", profile_steps: int = 0):
     # pylint: disable=g-import-not-at-top
     from ban_jax import parallel
     from ban_jax import pipeline
@@ -167,17 +176,20 @@ class KDBench:
     # pylint: enable=g-import-not-at-top
     self._train, self._parallel = train, parallel
     self.data, self.batch = data, batch
+    self.profile_dir, self.profile_steps = profile_dir, profile_steps
+    self._name = f"{model}_b{batch}"
     self.trainers = {}
     for augment in (False, True):
       config = bench_config(base_config, model, batch, dtype, steps_per_call,
-                            augment)
+                            augment, xla_options)
       student = pipeline.build_model(model, config, data.num_classes)
       # The teacher has the student's architecture, as in born-again chains.
       self.trainers[augment] = train.GenerationTrainer(
           config, student, student, data, mesh)
     # One compiled init for both networks (init_state jits afresh per call).
     init = jax.jit(self.trainers[False].init_state)
-    self.teacher_vars = init(jax.random.key(1)).variables
+    self.teacher_vars = self.trainers[False].prepare_teacher(
+        init(jax.random.key(1)).variables)
     self.state = init(jax.random.key(0))
     self.rng = jax.random.key(2)
     self.perm = train._epoch_permutation(jax.random.key(3), data.num_train)
@@ -199,6 +211,13 @@ class KDBench:
           self.state, self.teacher_vars, self.data.train_images,
           self.data.train_labels, self.perm, self.rng).compile()
       self._compiled[key] = executable, time.perf_counter() - start
+      if self.profile_dir:
+        # The optimised HLO names the fusions that a trace's kernels run.
+        os.makedirs(self.profile_dir, exist_ok=True)
+        name = f"{self._name}_{'aug' if augment else 'bare'}_x{num_steps}"
+        with open(os.path.join(self.profile_dir, name + ".hlo.txt"),
+                  "w") as f:
+          f.write(executable.as_text())
     return self._compiled[key]
 
   def steps(self, augment: bool, steps: int, warmup: int,
@@ -220,6 +239,16 @@ class KDBench:
             "steps": num_steps, "seconds": seconds, "compile_s": compile_s,
             "program_mem_gb": _program_memory_gb(compiled), "loss": loss}
 
+  def profile(self, augment: bool, steps_per_call: int) -> None:
+    """Traces `profile_steps` more steps into `profile_dir`/<model, mode>,
+    apart from the timed calls (tracing slows them down)."""
+    compiled, _ = self.compiled(augment, steps_per_call)
+    name = f"{self._name}_{'aug' if augment else 'bare'}_x{steps_per_call}"
+    with jax.profiler.trace(os.path.join(self.profile_dir, name)):
+      for _ in range(max(1, -(-self.profile_steps // steps_per_call))):
+        sums = self._call(compiled, self.perm)
+      jax.block_until_ready((self.state, sums))
+
   def epoch(self, steps_per_call: int) -> dict[str, Any]:
     """One augmented epoch the way `train.fit` runs it: a new permutation,
     the steps in calls of `steps_per_call` (and one shorter call for the
@@ -232,7 +261,11 @@ class KDBench:
     for n in set(sizes):  # Compiling is not part of an epoch's time.
       compiled, seconds = self.compiled(True, n)
       compile_s += seconds
-      self._call(compiled, self.perm)
+      warm = self._call(compiled, self.perm)
+    # Nor is compiling the add that sums the metrics, which fit pays once
+    # per process. (Before this warm-up, the epoch rows of WRN-28-10 and
+    # ResNet-18 on an H200 both trailed the bare step by a fixed 0.07-0.11 s.)
+    self._parallel.fetch(jax.tree.map(jnp.add, warm, warm))
     jax.block_until_ready(self.state)
     start = time.perf_counter()
     perm = self._train._epoch_permutation(jax.random.key(4),
@@ -261,6 +294,8 @@ def _rows(args):
     devices = devices[:args.devices]
   mesh = parallel.make_mesh(devices)
   base = load_config(args.config)
+  if not args.steps_per_call:
+    args.steps_per_call = base.steps_per_call
   dtype_label = DTYPE_LABELS[jnp.dtype(common.resolve_dtype(args.dtype)).name]
   labels = {"step": dtype_label, "step+aug": f"{dtype_label}+aug",
             "epoch": "epoch"}
@@ -275,13 +310,16 @@ def _rows(args):
              "device_kind": devices[0].device_kind,
              "steps_per_call": args.steps_per_call,
              "image_size": args.image_size}
+      if args.xla_options:
+        row["xla_options"] = args.xla_options
       bench = None
       try:
         dataset = synthetic_dataset(args.num_examples, args.image_size,
                                     args.num_classes, num_test=batch)
         data = train.put_dataset(dataset, mesh, batch)
         bench = KDBench(base, model, batch, args.dtype, args.steps_per_call,
-                        data, mesh)
+                        data, mesh, args.xla_options, args.profile_dir,
+                        args.profile_steps)
       except Exception as e:  # pylint: disable=broad-except
         # One model's failure (a bad name, out of memory at a big batch)
         # must not lose the others' numbers.
@@ -306,6 +344,14 @@ def _rows(args):
         except Exception as e:  # pylint: disable=broad-except
           result["error"] = f"{type(e).__name__}: {e}"[:300]
         yield result
+        if (args.profile_dir and args.profile_steps and mode != "epoch"
+            and "error" not in result):
+          # After the row is out: a slow or failing trace loses no timing.
+          try:
+            bench.profile(mode == "step+aug", args.steps_per_call)
+          except Exception as e:  # pylint: disable=broad-except
+            print(f"Profiling {model} {mode} failed: {type(e).__name__}: "
+                  f"{e}", file=sys.stderr)
       del bench
 
 
@@ -358,8 +404,9 @@ def parse_args(argv=None):
   add("--steps", type=int, default=50, help="timed steps per step mode")
   add("--warmup", type=int, default=5,
       help="untimed steps after compiling, before timing")
-  add("--steps_per_call", type=int, default=1,
-      help="train steps scanned in one compiled call")
+  add("--steps_per_call", type=int, default=0,
+      help="train steps scanned in one compiled call (default: the "
+      "config's steps_per_call)")
   add("--dtype", default="auto",
       help="compute dtype: auto (bf16 on GPU/TPU, fp32 on CPU), bfloat16, "
       "float32")
@@ -373,8 +420,14 @@ def parse_args(argv=None):
       help="config file giving every field the trainer reads")
   add("--compare", default="",
       help="JSON lines of peer_torch.py to add to the table")
+  add("--xla_options", default="",
+      help="XLA options of the train step, 'name=value;...' (e.g. "
+      "xla_gpu_enable_command_buffer=); see config.xla_options")
   add("--profile_dir", default="",
-      help="write a jax.profiler trace of the whole run here")
+      help="write here each compiled step's optimised HLO and a "
+      "jax.profiler trace of --profile_steps more steps after each timing")
+  add("--profile_steps", type=int, default=3,
+      help="steps traced per timed mode when --profile_dir is set")
   add("--coordinator_address", default=None,
       help="multi-process: process 0's host:port (or $JAX_COORDINATOR_"
       "ADDRESS); see ban_jax/distributed.py")
@@ -388,17 +441,11 @@ def main(argv=None) -> None:
   distributed.initialize(args.coordinator_address, args.num_processes,
                          args.process_id)
   speak = jax.process_index() == 0
-  if args.profile_dir:
-    jax.profiler.start_trace(args.profile_dir)
   rows = []
-  try:
-    for row in _rows(args):
-      rows.append(row)
-      if speak:
-        print(json.dumps(row), flush=True)
-  finally:
-    if args.profile_dir:
-      jax.profiler.stop_trace()
+  for row in _rows(args):
+    rows.append(row)
+    if speak:
+      print(json.dumps(row), flush=True)
   if speak:
     peer = _read_peer(args.compare) if args.compare else []
     print("\n" + table(rows, peer), flush=True)

@@ -32,8 +32,8 @@ from ban_jax.data import load_dataset
 # Config fields that may change between reruns of one workdir: they do not
 # change what a finished generation computed.
 RERUN_SAFE_FIELDS = ("num_generations", "ensemble_sizes", "eval_every_epochs",
-                     "checkpoint_every_steps", "steps_per_call", "seeds",
-                     "paper_row")
+                     "checkpoint_every_steps", "steps_per_call", "xla_options",
+                     "seeds", "paper_row")
 
 
 @dataclasses.dataclass

@@ -47,7 +47,7 @@ KNOWN_FIELDS = (
     "optim.learning_rate", "optim.momentum", "optim.nesterov",
     "optim.weight_decay", "optim.lr_decay_epochs", "optim.lr_decay_factor",
     "num_epochs", "batch_size", "eval_batch_size", "eval_every_epochs",
-    "checkpoint_every_steps", "steps_per_call",
+    "checkpoint_every_steps", "steps_per_call", "xla_options",
 )
 
 # (height, width, channels) and classes of each dataset, so that models can
@@ -114,6 +114,23 @@ def _model(name: str, field: str) -> None:
     models.get_model(name, num_classes=10)
   except ValueError as e:
     raise ConfigError(f"config.{field}: {e}") from None
+
+
+def _xla_options(text: str) -> None:
+  """Format, names and values, checked by compiling a trivial program."""
+  try:
+    options = train.xla_compiler_options(text)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if not options:
+    return
+  try:
+    jax.jit(lambda: jnp.zeros(()), compiler_options=options).lower().compile()
+  except Exception as e:  # pylint: disable=broad-except
+    # XLA says which option or value it refused.
+    raise ConfigError(
+        f"xla_options={text!r} was refused by XLA: {e}. Fix or drop that "
+        "item (XLA_FLAGS takes the same names with a leading '--').") from None
 
 
 def _seeds(config) -> None:
@@ -252,6 +269,7 @@ def validate(config) -> None:
   _positive("eval_batch_size", config.eval_batch_size)
   _positive("eval_every_epochs", config.eval_every_epochs)
   _positive("steps_per_call", config.steps_per_call)
+  _xla_options(config.get("xla_options", ""))
   _in_range("checkpoint_every_steps", config.checkpoint_every_steps, 0,
             float("inf"), ">= 0 (0: only at epoch ends)")
   _positive("distill.temperature", config.distill.temperature)

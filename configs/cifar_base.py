@@ -95,7 +95,11 @@ def cifar_config(dataset: str, argument: str | None
   # on the 10k test images costs a few percent of a training epoch.
   config.eval_every_epochs = 1
   config.checkpoint_every_steps = 0
-  config.steps_per_call = 1
+  # Train steps per compiled call (a scan on GPU/TPU): on an H200, 10 took
+  # ResNet-18 from 30k to 39k img/s by removing per-call launch gaps.
+  config.steps_per_call = 10
+  # XLA options of the train step, 'name=value;...' (see train.py).
+  config.xla_options = ""
 
   # The paper's row for these settings (results.md shows its numbers).
   config.paper_row = paper_results.find(
@@ -108,6 +112,8 @@ def cifar_config(dataset: str, argument: str | None
     config.student_dropout_rate = 0.0
     config.data.max_train_examples = 256
     config.data.max_test_examples = 128
+    # On a CPU, several steps per call are unrolled: slower to compile.
+    config.steps_per_call = 1
     config.num_epochs = 1
     config.optim.lr_decay_epochs = ()
     config.batch_size = 32

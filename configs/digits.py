@@ -88,4 +88,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 0
   # Train steps scanned in one compiled call (fewer launches for tiny nets).
   config.steps_per_call = 1
+  # XLA options of the train step, 'name=value;...' (see train.py).
+  config.xla_options = ""
   return config

@@ -11,7 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_KEYS = ("impl", "model", "mode", "batch", "img_per_s")
 
 
-def test_bench_prints_json_lines_and_a_table():
+def test_bench_prints_json_lines_and_a_table(tmp_path):
   # Unoptimised XLA code compiles twice as fast; only the output's form
   # is checked here, not the speed.
   env = dict(os.environ, JAX_PLATFORMS="cpu",
@@ -20,7 +20,8 @@ def test_bench_prints_json_lines_and_a_table():
   proc = subprocess.run(
       [sys.executable, "-m", "ban_jax.bench", "--models=wrn10_1,nope",
        "--batch_sizes=16", "--steps=2", "--warmup=1", "--image_size=8",
-       "--num_examples=48"],
+       "--num_examples=48", "--steps_per_call=2",
+       f"--profile_dir={tmp_path}", "--profile_steps=1"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
   rows = [json.loads(line) for line in lines]
@@ -40,6 +41,11 @@ def test_bench_prints_json_lines_and_a_table():
   assert len(bad) == 3 and all("Unknown model" in r["error"] for r in bad)
   assert proc.returncode == 1
   assert "| ban_jax | wrn10_1 | epoch | 16 |" in proc.stdout
+  # --profile_dir: each compiled step's HLO, and a trace per step mode.
+  for name in ("wrn10_1_b16_bare_x2", "wrn10_1_b16_aug_x2"):
+    assert "ENTRY" in (tmp_path / f"{name}.hlo.txt").read_text()
+    assert list((tmp_path / name).glob("plugins/profile/*/*.trace.json.gz"))
+  assert not list(tmp_path.glob("nope*"))
 
 
 def test_table_adds_matching_peer_rows():

@@ -242,6 +242,14 @@ def _set(config, path: str, value):
      "[0, 1), got 1.0."),
     ("checkpoint_every_steps", -5, "config.checkpoint_every_steps must be "
      ">= 0"),
+    ("xla_options", "xla_gpu_autotune_level",
+     "xla_options item 'xla_gpu_autotune_level' is not "
+     "'xla_<option>=<value>'; separate items with ';'."),
+    ("xla_options", "xla_gpu_graph_min_graph_size=2;xla_nope=1",
+     "xla_options='xla_gpu_graph_min_graph_size=2;xla_nope=1' was refused "
+     "by XLA: INVALID_ARGUMENT: No such compile option: 'xla_nope'"),
+    ("xla_options", "xla_gpu_graph_min_graph_size=big",
+     "'big' is not a valid int32 value"),
 ])
 def test_impossible_values(path, value, message):
   assert message in _error(_set(digits.get_config(), path, value))

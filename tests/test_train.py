@@ -148,3 +148,70 @@ def test_cross_architecture_chain(tmp_path):
   assert student["test_metrics"]["teacher_agreement"] > 50
   assert student["history"][0]["train_dark_knowledge_share"] > 0
   assert "densenet10_4 -> wrn10_1" in (tmp_path / "results.md").read_text()
+
+
+def test_prepare_teacher_casts_kernels_once_without_changing_outputs():
+  from ban_jax import bench  # pylint: disable=g-import-not-at-top
+  config = digits.get_config()
+  config.batch_size = 16
+  config.model.dtype = "bfloat16"
+  model = pipeline.build_model("wrn10_1", config, NUM_CLASSES)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  data = train.put_dataset(
+      bench.synthetic_dataset(32, 8, NUM_CLASSES, num_test=16), mesh, 16)
+  trainer = train.GenerationTrainer(config, model, model, data, mesh)
+  variables = trainer.init_state(jax.random.key(0)).variables
+  prepared = trainer.prepare_teacher(variables)
+
+  flat = dict(jax.tree_util.tree_leaves_with_path(variables))
+  kernels = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(prepared):
+    original = flat[path]
+    if path[-1].key == "kernel":
+      kernels += 1
+      assert leaf.dtype == jnp.bfloat16, path
+      np.testing.assert_array_equal(leaf, original.astype(jnp.bfloat16))
+    else:  # Norm parameters and statistics keep float32.
+      assert leaf.dtype == jnp.float32, path
+      np.testing.assert_array_equal(leaf, original)
+  # The stem, the classifier and 8 block convs (stage 0 has no shortcut).
+  assert kernels == 10
+
+  images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  np.testing.assert_array_equal(model.apply(prepared, images),
+                                model.apply(variables, images))
+  # A float32 teacher is used as it is.
+  config.model.dtype = "float32"
+  f32_model = pipeline.build_model("wrn10_1", config, NUM_CLASSES)
+  f32_trainer = train.GenerationTrainer(config, f32_model, f32_model, data,
+                                        mesh)
+  assert f32_trainer.prepare_teacher(variables) is variables
+  assert trainer.prepare_teacher(None) is None
+
+
+def test_xla_options_parse_and_reach_the_compiled_step():
+  assert train.xla_compiler_options("") == {}
+  assert train.xla_compiler_options(
+      " xla_gpu_enable_command_buffer=FUSION,CUDNN ; "
+      "xla_gpu_graph_min_graph_size=2;") == {
+          "xla_gpu_enable_command_buffer": "FUSION,CUDNN",
+          "xla_gpu_graph_min_graph_size": "2"}
+  with pytest.raises(ValueError, match="is not 'xla_<option>=<value>'"):
+    train.xla_compiler_options("gpu_autotune_level=2")
+
+  from ban_jax import bench  # pylint: disable=g-import-not-at-top
+  config = digits.get_config()
+  config.batch_size = 16
+  # A name XLA does not know: only a compile that received it can refuse it.
+  config.xla_options = "xla_this_option_does_not_exist=1"
+  model = pipeline.build_model("wrn10_1", config, NUM_CLASSES)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  data = train.put_dataset(
+      bench.synthetic_dataset(32, 8, NUM_CLASSES, num_test=16), mesh, 16)
+  trainer = train.GenerationTrainer(config, model, model, data, mesh)
+  state = trainer.init_state(jax.random.key(0))
+  perm = jnp.arange(32)
+  with pytest.raises(Exception, match="xla_this_option_does_not_exist"):
+    trainer.train_steps(1).lower(
+        state, state.variables, data.train_images, data.train_labels, perm,
+        jax.random.key(1)).compile()
