@@ -72,7 +72,9 @@ def device_lines(trace: dict[str, Any]
 
 def summarize_line(events: Iterable[dict[str, Any]], top: int = 15,
                    steps: int = 1) -> dict[str, Any]:
-  """Busy time, span, time by kind and the top events of one line (ms).
+  """Busy time, span, time by kind and the top events of one line.
+
+  Times are in ms and, like the top events' counts, per step.
 
   Busy time is the union of the events' intervals, so nested events (an
   op and the kernels under it) are not counted twice.
@@ -104,19 +106,21 @@ def summarize_line(events: Iterable[dict[str, Any]], top: int = 15,
       "span_ms": span_us / per_step,
       "by_kind_ms": {k: v / per_step for k, v in
                      sorted(by_kind.items(), key=lambda item: -item[1])},
-      "top": [(name, dur / per_step, counts[name]) for name, dur in ranked],
+      "top": [(name, dur / per_step, counts[name] / max(1, steps))
+              for name, dur in ranked],
   }
 
 
 def format_summary(title: str, line: str, summary: dict[str, Any]) -> str:
   busy, span = summary["busy_ms"], summary["span_ms"]
   out = [f"== {title} :: {line}",
-         f"   {summary['events']} events, busy {busy:.3f} ms of a "
+         f"   {summary['events']} events in all; per step: busy {busy:.3f} "
+         f"ms of a "
          f"{span:.3f} ms span ({100 * busy / span if span else 0:.0f}%)",
          "   by kind: " + ", ".join(f"{k} {v:.3f} ms"
                                    for k, v in summary["by_kind_ms"].items())]
   for name, ms, count in summary["top"]:
-    out.append(f"   {ms:9.3f} ms  x{count:<5d} {name[:110]}")
+    out.append(f"   {ms:9.3f} ms  x{count:<6g} {name[:110]}")
   return "\n".join(out)
 
 

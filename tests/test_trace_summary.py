@@ -57,9 +57,10 @@ def test_summary_of_one_line():
   assert summary["span_ms"] == pytest.approx(0.016)
   assert summary["by_kind_ms"] == pytest.approx(
       {"other kernels": 0.006, "convolution": 0.005, "copy": 0.0025})
-  assert summary["top"] == [("loop_add_fusion", pytest.approx(0.006), 2),
+  # Per step: loop_add_fusion ran twice in 2 steps.
+  assert summary["top"] == [("loop_add_fusion", pytest.approx(0.006), 1.0),
                             ("sm90_xmma_fprop_implicit_gemm_bf16",
-                             pytest.approx(0.005), 1)]
+                             pytest.approx(0.005), 0.5)]
 
 
 def test_summarize_dir_reads_traces_under_it(tmp_path, capsys):
@@ -70,6 +71,8 @@ def test_summarize_dir_reads_traces_under_it(tmp_path, capsys):
   trace_summary.main([str(tmp_path), "--steps=2"])
   out = capsys.readouterr().out
   assert out.startswith("== resnet18_b128_bare_x1 :: /device:GPU:0")
-  assert "busy 0.011 ms of a 0.016 ms span (69%)" in out
+  assert ("4 events in all; per step: busy 0.011 ms of a 0.016 ms span "
+          "(69%)") in out
+  assert "0.006 ms  x1      loop_add_fusion" in out
   assert "No *.trace.json.gz" in trace_summary.summarize_dir(
       str(tmp_path / "empty"))
