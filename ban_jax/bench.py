@@ -177,7 +177,7 @@ class KDBench:
     self._train, self._parallel = train, parallel
     self.data, self.batch = data, batch
     self.profile_dir, self.profile_steps = profile_dir, profile_steps
-    self._name = f"{model}_b{batch}"
+    self._prefix = f"{model}_b{batch}"
     self.trainers = {}
     for augment in (False, True):
       config = bench_config(base_config, model, batch, dtype, steps_per_call,
@@ -202,6 +202,10 @@ class KDBench:
                                 self.data.train_labels, perm, self.rng)
     return sums
 
+  def _name(self, augment: bool, num_steps: int) -> str:
+    """Names a compiled step's files under --profile_dir."""
+    return f"{self._prefix}_{'aug' if augment else 'bare'}_x{num_steps}"
+
   def compiled(self, augment: bool, num_steps: int):
     """(executable of `num_steps` steps, seconds to lower and compile it)."""
     key = (augment, num_steps)
@@ -214,8 +218,8 @@ class KDBench:
       if self.profile_dir:
         # The optimised HLO names the fusions that a trace's kernels run.
         os.makedirs(self.profile_dir, exist_ok=True)
-        name = f"{self._name}_{'aug' if augment else 'bare'}_x{num_steps}"
-        with open(os.path.join(self.profile_dir, name + ".hlo.txt"),
+        with open(os.path.join(self.profile_dir,
+                               self._name(augment, num_steps) + ".hlo.txt"),
                   "w") as f:
           f.write(executable.as_text())
     return self._compiled[key]
@@ -243,8 +247,8 @@ class KDBench:
     """Traces `profile_steps` more steps into `profile_dir`/<model, mode>,
     apart from the timed calls (tracing slows them down)."""
     compiled, _ = self.compiled(augment, steps_per_call)
-    name = f"{self._name}_{'aug' if augment else 'bare'}_x{steps_per_call}"
-    with jax.profiler.trace(os.path.join(self.profile_dir, name)):
+    with jax.profiler.trace(os.path.join(
+        self.profile_dir, self._name(augment, steps_per_call))):
       for _ in range(max(1, -(-self.profile_steps // steps_per_call))):
         sums = self._call(compiled, self.perm)
       jax.block_until_ready((self.state, sums))
