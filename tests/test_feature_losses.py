@@ -112,6 +112,15 @@ def test_fsp_loss_hand_value():
   np.testing.assert_allclose(loss, (34 / 16) / 2, rtol=1e-6)
 
 
+def test_fsp_teacher_gets_no_gradient_student_does():
+  end = nhwc([[1, 1], [0, 2]])
+  grads = jax.jit(jax.grad(
+      lambda s, t: fl.fsp_loss([(s, end)], [(t, 2 * end)]), argnums=(0, 1)))(
+          X, X)
+  np.testing.assert_array_equal(grads[1], 0.0)
+  assert np.any(np.abs(grads[0]) > 1e-3)
+
+
 def test_fsp_loss_checks_shapes():
   with pytest.raises(ValueError, match="channel"):
     fl.fsp_loss([(X, X)], [(X, Y)])

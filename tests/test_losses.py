@@ -85,10 +85,18 @@ def test_kd_gradient_is_q_minus_p_over_batch():
   np.testing.assert_allclose(grad, expected, atol=1e-6)
 
 
-def test_kd_loss_gives_teacher_no_gradient():
+@pytest.mark.parametrize("name", ["kd", "kd+label", "cwtm", "dkpp"])
+def test_teacher_gets_no_gradient_from_any_loss(name):
+  # Each loss stops the teacher's gradient itself, whatever the caller does.
   student, teacher = random_logits(0, (3, 4)), random_logits(1, (3, 4))
-  grad = jax.jit(jax.grad(losses.kd_loss, argnums=1))(student, teacher)
+  labels = np.array([0, 1, 3], np.int32)
+  grad = jax.jit(jax.grad(
+      lambda t: losses.distillation_loss(name, student, t, labels,
+                                         jax.random.key(0))))(teacher)
   np.testing.assert_array_equal(grad, np.zeros_like(teacher))
+  weights_grad = jax.jit(jax.grad(
+      lambda t: jnp.sum(losses.cwtm_weights(t) * jnp.arange(3.0))))(teacher)
+  np.testing.assert_array_equal(weights_grad, np.zeros_like(teacher))
 
 
 # -------------------------------------------------------------------- CWTM
@@ -406,3 +414,25 @@ def test_losses_are_float32_scalars():
   for value in jax.jit(all_losses)(jax.random.key(0)):
     chex.assert_shape(value, ())
     chex.assert_type(value, jnp.float32)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_bfloat16_logits_give_the_float32_values(temperature):
+  # The losses cast before any arithmetic: bfloat16 logits give exactly what
+  # the same (bfloat16-representable) values give in float32. A softmax
+  # taken in bfloat16 would be off by about 1e-3. (T = 3, since dividing by
+  # 2 is exact in bfloat16 too.)
+  student = jnp.asarray(random_logits(3, (64, 100), 4.0), jnp.bfloat16)
+  teacher = jnp.asarray(random_logits(4, (64, 100), 4.0), jnp.bfloat16)
+  labels = np.arange(64, dtype=np.int32)
+
+  def all_losses(s, t):
+    return [losses.distillation_loss(name, s, t, labels, jax.random.key(0),
+                                     temperature=temperature)
+            for name in losses.DISTILL_LOSSES]
+
+  low = jax.jit(all_losses)(student, teacher)
+  high = jax.jit(all_losses)(student.astype(jnp.float32),
+                             teacher.astype(jnp.float32))
+  for name, got, want in zip(losses.DISTILL_LOSSES, low, high):
+    np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=name)
