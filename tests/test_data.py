@@ -5,12 +5,14 @@ Toronto files, TFDS is driven by `tfds.testing.mock_data` or by a small
 array_record dataset prepared here by hand.
 """
 
+import glob
 import io
 import json
 import os
 import pickle
 import struct
 import tarfile
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -241,6 +243,24 @@ def test_archive_host_shard(tmp_path):
   assert len(ds.test_labels) == 4  # Every host keeps all of the test split.
 
 
+def test_train_cap_applies_to_the_whole_split_before_sharding(tmp_path):
+  files, expect = _cifar_files("cifar10", _py3_dumps)
+  path = _write_tar(tmp_path / _TAR["cifar10"], _FOLDER["cifar10"], files)
+  config = _config(archive_path=path, max_train_examples=9)
+  hosts = [cifar.load("cifar10", config, process_index=i, process_count=2)
+           for i in range(2)]
+  # The first 9 of 15 examples, 4 per host: the rows one host would train
+  # on with the same cap (less the odd one out), not 9 per host.
+  np.testing.assert_array_equal(hosts[0].train_labels,
+                                expect["train_labels"][0:4])
+  np.testing.assert_array_equal(hosts[1].train_labels,
+                                expect["train_labels"][4:8])
+  one_host = load_dataset(_config(name="cifar10", archive_path=path,
+                                  max_train_examples=9))
+  np.testing.assert_array_equal(one_host.train_labels,
+                                expect["train_labels"][:9])
+
+
 class _SystemPayload:
 
   def __init__(self, command):
@@ -333,6 +353,13 @@ def test_tfds_mock_cifar100():
   assert ds.train_images.std() > 0  # Real (random) pixels, not zeros.
   assert len(ds.mean) == 3 and len(ds.std) == 3
   assert shard.train_images.shape == (6, 32, 32, 3)  # 20 // 3
+  with tfds.testing.mock_data(num_examples=20,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    capped = cifar.load("cifar100", _config(source="tfds",
+                                            max_train_examples=12),
+                        process_index=1, process_count=3)
+  # 12 of the 20 over 3 hosts: host 1 has examples 4..7.
+  np.testing.assert_array_equal(capped.train_labels, ds.train_labels[4:8])
   assert shard.test_images.shape == (20, 32, 32, 3)
 
 
@@ -435,9 +462,13 @@ def test_missing_data_error_names_places_and_commands(tmp_path, monkeypatch):
   monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
   empty = tmp_path / "empty"
   absent_archive = tmp_path / "nope" / "cifar-100-python.tar.gz"
+  # TFDS makes a temp folder per unprepared dataset and leaves it behind.
+  temp_folders = os.path.join(tempfile.gettempdir(), "tmp*tfds")
+  before = set(glob.glob(temp_folders))
   with pytest.raises(cifar.DataNotFoundError) as err:
     load_dataset(_config(name="cifar100", data_dir=str(empty),
                          archive_path=str(absent_archive)))
+  assert set(glob.glob(temp_folders)) <= before
   assert isinstance(err.value, FileNotFoundError)
   message = str(err.value)
   expected = [

@@ -47,13 +47,16 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...],
 
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100")
+# Where CIFAR comes from (config.data.source); see data/cifar.py.
+DATA_SOURCES = ("auto", "tfds", "archive")
 
 
 def load_dataset(data_config) -> Dataset:
   """Loads the dataset that `data_config.name` names (see configs/).
 
   `data_config.max_train_examples` / `max_test_examples` (0: all) keep only
-  the first examples of a split: for smoke tests, never for results.
+  the first examples of a split: for smoke tests, never for results. (CIFAR
+  applies the train cap before dividing the split between hosts.)
   """
   name = data_config.name
   if name == "digits":
@@ -65,7 +68,9 @@ def load_dataset(data_config) -> Dataset:
   else:
     raise ValueError(f"Unknown dataset {name!r}. Valid dataset names: "
                      f"{', '.join(DATASET_NAMES)}.")
-  train_cap = data_config.get("max_train_examples", 0) or None
+  # cifar.load has capped the train split already, before sharding it.
+  train_cap = (data_config.get("max_train_examples", 0) or None
+               if name == "digits" else None)
   test_cap = data_config.get("max_test_examples", 0) or None
   if train_cap or test_cap:
     dataset = dataclasses.replace(

@@ -42,11 +42,14 @@ of the train split as a whole.
 """
 
 import codecs
+import contextlib
 import dataclasses
+import glob
 import io
 import os
 import pickle
 import tarfile
+import tempfile
 from typing import Any, BinaryIO, Sequence
 
 from absl import logging
@@ -55,10 +58,9 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ban_jax.data import Dataset, channel_stats
+from ban_jax.data import DATA_SOURCES, Dataset, channel_stats
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
-SOURCES = ("auto", "tfds", "archive")
 IMAGE_SHAPE = (32, 32, 3)
 # Examples per `__getitems__` call when reading a TFDS data source: big
 # enough that array_record reads in bulk, small enough to bound the list of
@@ -164,10 +166,13 @@ def load(name: str, data_config, *, process_index: int | None = None,
                      f"[0, process_count={process_count}).")
 
   source = data_config.get("source", "auto") or "auto"
-  if source not in SOURCES:
+  if source not in DATA_SOURCES:
     raise ValueError(f"config.data.source={source!r}; expected one of "
-                     f"{', '.join(SOURCES)}.")
+                     f"{', '.join(DATA_SOURCES)}.")
   archive_path = data_config.get("archive_path", None)
+  # A smoke run's cap applies to the whole split, before it is divided
+  # between the hosts, so that N hosts train on the same examples as one.
+  train_cap = data_config.get("max_train_examples", 0) or None
   data_dir, data_dir_origin = resolve_data_dir(data_config.get("data_dir",
                                                                None))
   archive, looked = (_find_archive(spec, archive_path) if archive_path
@@ -179,17 +184,17 @@ def load(name: str, data_config, *, process_index: int | None = None,
                        data_dir_origin, tfds_dataset_dir=None)
     logging.info("Loading %s from %s.", spec.title, archive.path)
     splits, label_names = _load_archive(spec, archive)
-    start, stop = host_shard(len(splits["train"][1]), process_index,
-                             process_count)
+    start, stop = host_shard(_capped(len(splits["train"][1]), train_cap),
+                             process_index, process_count)
     # A copy, so that the rest of the split can be freed.
-    train_x, train_y = (a[start:stop].copy() if process_count > 1 else a
+    train_x, train_y = (a[start:stop].copy() if stop - start < len(a) else a
                         for a in splits["train"])
     test_x, test_y = splits["test"]
   else:
     logging.info("Loading %s from TFDS data_dir=%s (%s).", spec.title,
                  data_dir, data_dir_origin)
     (train_x, train_y, test_x, test_y, label_names) = _load_tfds(
-        spec, data_dir, process_index, process_count,
+        spec, data_dir, process_index, process_count, train_cap,
         not_found=lambda dataset_dir: _not_found(
             spec, source, archive_path, looked, data_dir, data_dir_origin,
             tfds_dataset_dir=dataset_dir))
@@ -264,9 +269,31 @@ def _global_channel_stats(count, mean, std):
 # ---------------------------------------------------------------------------
 
 
-def _load_tfds(spec, data_dir, process_index, process_count, not_found):
+@contextlib.contextmanager
+def _no_tfds_temp_leftovers():
+  """Removes the empty temp folder tfds.builder leaves for each unprepared
+  dataset (made to fetch metadata from GCS, then left when there is none)."""
+  pattern = os.path.join(tempfile.gettempdir(), "tmp*tfds")
+  before = set(glob.glob(pattern))
+  try:
+    yield
+  finally:
+    for path in set(glob.glob(pattern)) - before:
+      try:
+        os.rmdir(path)  # Only if empty: never anything with files in it.
+      except OSError:
+        pass
+
+
+def _capped(num_examples: int, cap: int | None) -> int:
+  return min(num_examples, cap) if cap else num_examples
+
+
+def _load_tfds(spec, data_dir, process_index, process_count, train_cap,
+               not_found):
   """Reads both splits of a prepared TFDS dataset into numpy arrays."""
-  builder = tfds.builder(spec.name, data_dir=data_dir)
+  with _no_tfds_temp_leftovers():
+    builder = tfds.builder(spec.name, data_dir=data_dir)
   try:
     sources = {split: builder.as_data_source(split=split)
                for split in ("train", "test")}
@@ -278,10 +305,11 @@ def _load_tfds(spec, data_dir, process_index, process_count, not_found):
     formats = builder.info.available_file_formats()
     if tfds.core.FileFormat.ARRAY_RECORD not in formats:
       return _load_tfds_with_tensorflow(spec, builder, data_dir,
-                                        process_index, process_count, e)
+                                        process_index, process_count,
+                                        train_cap, e)
     raise
-  start, stop = host_shard(len(sources["train"]), process_index,
-                           process_count)
+  start, stop = host_shard(_capped(len(sources["train"]), train_cap),
+                           process_index, process_count)
   train_x, train_y = _read_source(sources["train"], start, stop)
   test_x, test_y = _read_source(sources["test"], 0, len(sources["test"]))
   return (train_x, train_y, test_x, test_y,
@@ -316,7 +344,7 @@ def _tfds_label_names(spec, builder) -> tuple[str, ...]:
 
 
 def _load_tfds_with_tensorflow(spec, builder, data_dir, process_index,
-                               process_count, error):
+                               process_count, train_cap, error):
   """Reads a dataset prepared as tfrecord, which needs TensorFlow."""
   try:
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
@@ -330,7 +358,7 @@ def _load_tfds_with_tensorflow(spec, builder, data_dir, process_index,
         "TensorFlow (on a machine with TensorFlow and internet):\n"
         f"  tfds build {spec.name} --file_format=array_record "
         f"--data_dir={data_dir} --overwrite") from error
-  num_train = builder.info.splits["train"].num_examples
+  num_train = _capped(builder.info.splits["train"].num_examples, train_cap)
   start, stop = host_shard(num_train, process_index, process_count)
   arrays = {}
   for split in (f"train[{start}:{stop}]", "test"):
