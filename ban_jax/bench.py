@@ -67,6 +67,8 @@ from ban_jax import distributed
 PEER_NAMES = {"wrn28_10": "wrn28_10", "resnet18": "resnet18",
               "densenet100_12": "densenet_bc100"}
 DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# What --modes takes: bare steps, steps with augmentation, a whole epoch.
+MODES = ("step", "step+aug", "epoch")
 # Channel stats of CIFAR-100's train split; any values cost the same.
 _MEAN = (129.3, 124.1, 112.4)
 _STD = (68.2, 65.4, 70.4)
@@ -303,12 +305,9 @@ def _rows(args):
   dtype_label = DTYPE_LABELS[jnp.dtype(common.resolve_dtype(args.dtype)).name]
   labels = {"step": dtype_label, "step+aug": f"{dtype_label}+aug",
             "epoch": "epoch"}
-  modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-  for mode in modes:
-    if mode not in labels:
-      raise ValueError(f"Unknown mode {mode!r}: use {', '.join(labels)}.")
-  for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+  modes = _names(args.modes)
+  for model in _names(args.models):
+    for batch in [int(b) for b in _names(args.batch_sizes)]:
       row = {"impl": "ban_jax", "model": model, "batch": batch,
              "dtype": dtype_label, "devices": len(devices),
              "device_kind": devices[0].device_kind,
@@ -327,7 +326,7 @@ def _rows(args):
       except Exception as e:  # pylint: disable=broad-except
         # One model's failure (a bad name, out of memory at a big batch)
         # must not lose the others' numbers.
-        error = f"{type(e).__name__}: {e}"[:300]
+        error = f"{type(e).__name__}: {e}"[:500]
       for mode in modes:
         result = dict(row, mode=labels[mode])
         if bench is None:
@@ -346,7 +345,7 @@ def _rows(args):
                              if isinstance(v, float) else v)
                          for k, v in measured.items()})
         except Exception as e:  # pylint: disable=broad-except
-          result["error"] = f"{type(e).__name__}: {e}"[:300]
+          result["error"] = f"{type(e).__name__}: {e}"[:500]
         yield result
         if (args.profile_dir and args.profile_steps and mode != "epoch"
             and "error" not in result):
@@ -357,6 +356,15 @@ def _rows(args):
             print(f"Profiling {model} {mode} failed: {type(e).__name__}: "
                   f"{e}", file=sys.stderr)
       del bench
+
+
+def _names(text: str) -> list[str]:
+  return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _one_line(text: str) -> str:
+  """Text for one markdown table cell."""
+  return " ".join(text.split()).replace("|", "/")
 
 
 def _read_peer(path: str) -> list[dict[str, Any]]:
@@ -381,7 +389,7 @@ def table(rows, peer_rows=()) -> str:
     lines.append(
         f"| {row['impl']} | {row['model']} | {row['mode']} | "
         f"{row.get('batch', '-')} | "
-        + ("error: " + row["error"][:60] if "error" in row else
+        + ("error: " + _one_line(row["error"])[:80] if "error" in row else
            f"{fmt(row.get('img_per_s'), ',.1f')} | "
            f"{fmt(row.get('compile_s'), '.1f')} | "
            f"{fmt(row.get('peak_mem_gb'), '.2f')}") + " |")
@@ -395,17 +403,24 @@ def table(rows, peer_rows=()) -> str:
   return "\n".join(lines)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+  """The docstring as written, and every flag's default."""
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+      prog="python -m ban_jax.bench", description=__doc__.split("\n")[0],
+      formatter_class=_HelpFormatter)
   add = parser.add_argument
   add("--models", default="wrn28_10,resnet18,densenet100_12",
-      help="comma-separated registry names (python -m ban_jax.models)")
+      help="comma-separated model names (python -m ban_jax.models)")
   add("--batch_sizes", default="128", help="comma-separated global batches")
   add("--modes", default="step,step+aug,epoch",
       help="any of step, step+aug, epoch")
-  add("--steps", type=int, default=50, help="timed steps per step mode")
+  add("--steps", type=int, default=50,
+      help="timed steps per step mode, rounded up to whole calls of "
+      "--steps_per_call")
   add("--warmup", type=int, default=5,
       help="untimed steps after compiling, before timing")
   add("--steps_per_call", type=int, default=0,
@@ -437,7 +452,34 @@ def parse_args(argv=None):
       "ADDRESS); see ban_jax/distributed.py")
   add("--num_processes", type=int, default=None)
   add("--process_id", type=int, default=None)
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  _check_args(parser, args)
+  return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args) -> None:
+  """Names a bad flag value before anything is compiled."""
+  # pylint: disable=g-import-not-at-top
+  from ban_jax import models
+  # pylint: enable=g-import-not-at-top
+  bad_modes = [m for m in _names(args.modes) if m not in MODES]
+  if bad_modes or not _names(args.modes):
+    parser.error(f"--modes={args.modes!r}: use any of {', '.join(MODES)}.")
+  if not _names(args.models):
+    parser.error("--models is empty.")
+  for name in _names(args.models):
+    try:
+      models.get_model(name, args.num_classes)
+    except ValueError as e:
+      parser.error(f"--models: {e}")
+  try:
+    [int(b) for b in _names(args.batch_sizes)]
+  except ValueError:
+    parser.error(f"--batch_sizes={args.batch_sizes!r}: use integers, e.g. "
+                 "128,256.")
+  for flag in ("steps", "warmup", "num_examples", "image_size", "num_classes"):
+    if getattr(args, flag) < (0 if flag == "warmup" else 1):
+      parser.error(f"--{flag}={getattr(args, flag)} is too small.")
 
 
 def main(argv=None) -> None:

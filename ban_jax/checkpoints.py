@@ -13,6 +13,7 @@ that step again. A train state with NaN/inf values is never saved: the last
 checkpoint on disk is always one to resume from.
 """
 
+import json
 from typing import Any
 
 import jax
@@ -67,10 +68,15 @@ class GenerationCheckpoints:
   def last_good_message(self) -> str:
     """Where a stopped run goes on from, for error messages."""
     last = self.latest_step()
-    where = (f"{self.directory}/{last}" if last is not None
-             else "none yet (the generation restarts from scratch)")
-    return (f"The last good checkpoint is {where}; it is left intact. Lower "
-            "config.optim.learning_rate or check the data, then rerun.")
+    cure = ("a lower config.optim.learning_rate or smaller loss weights "
+            "(config.distill.*_weight), or check the data")
+    if last is None:
+      return (f"No checkpoint of this generation was written yet. Try {cure}; "
+              "the same --workdir takes the new settings as long as no "
+              "generation in it has been checkpointed, else use a new one.")
+    return (f"The last good checkpoint is {self.directory}/{last}; it is left "
+            f"intact. Try {cure}, in a new --workdir (this one's checkpoints "
+            "were trained with the current settings).")
 
   def save(self, step: int, state: Any, progress: dict[str, Any]) -> None:
     """Starts an asynchronous save; `wait` blocks until it is on disk.
@@ -84,10 +90,13 @@ class GenerationCheckpoints:
       raise NonFiniteStateError(
           f"The train state at step {step} has NaN or infinite values, so it "
           f"is not saved in {self.directory}. {self.last_good_message()}")
+    # Orbax writes the JSON later, in a background thread, while the caller
+    # goes on updating `progress`: save a snapshot of it as it is now.
+    snapshot = json.loads(json.dumps(progress))
     self._manager.save(
         step, force=True,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                progress=ocp.args.JsonSave(progress)))
+                                progress=ocp.args.JsonSave(snapshot)))
 
   def restore_latest(self, abstract_state: Any
                      ) -> tuple[int, Any, dict[str, Any]] | None:

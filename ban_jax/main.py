@@ -10,6 +10,7 @@ it, and a non-zero exit status; nothing already on disk is touched.
 
 import importlib.util
 import logging as std_logging
+import os
 import pickle
 import sys
 
@@ -67,12 +68,38 @@ def unknown_field_message(argv: list[str]) -> str | None:
   return None
 
 
+def missing_config_message(argv: list[str]) -> str | None:
+  """Names a --config file that does not exist, and where configs are."""
+  spec = next((a.split("=", 1)[1] for a in argv
+               if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path = spec.partition(":")[0]
+  if os.path.isfile(path):
+    return None
+  return (f"ERROR: config file {path!r} not found (relative paths are from "
+          f"{os.getcwd()}). The configs are in the repository's configs/ "
+          "folder, e.g. --config=configs/cifar100.py.")
+
+
+def _without_traceback(message: str) -> str:
+  """ml_collections puts the config file's traceback into its flag error."""
+  lines = [line for line in message.splitlines() if line.strip()]
+  if not any(line.startswith("Traceback") for line in lines):
+    return message
+  return f"{lines[0]}\n{lines[-1]}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with a readable message for a misspelt config field."""
+  missing = missing_config_message(argv)
+  if missing:
+    sys.exit(missing)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"FATAL Flags parsing error: {e}\nPass --help for usage.")
+    sys.exit(f"FATAL Flags parsing error: {_without_traceback(str(e))}\n"
+             "Pass --help for usage.")
   except (AttributeError, KeyError) as e:  # ml_collections: unknown field.
     sys.exit(unknown_field_message(argv) or f"Bad config override: {e}")
 

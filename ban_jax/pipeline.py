@@ -20,6 +20,7 @@ from etils import epath
 from flax import linen as nn
 
 from ban_jax import checkpoints
+from ban_jax import compile_cache
 from ban_jax import metrics_writer
 from ban_jax import models
 from ban_jax import paper_results
@@ -30,10 +31,12 @@ from ban_jax import validation
 from ban_jax.data import load_dataset
 
 # Config fields that may change between reruns of one workdir: they do not
-# change what a finished generation computed.
+# change what a finished generation computed (the data fields only say
+# where the same data is found).
 RERUN_SAFE_FIELDS = ("num_generations", "ensemble_sizes", "eval_every_epochs",
                      "checkpoint_every_steps", "steps_per_call", "xla_options",
-                     "seeds", "paper_row")
+                     "compilation_cache_dir", "seeds", "paper_row",
+                     "data.source", "data.data_dir", "data.archive_path")
 
 
 @dataclasses.dataclass
@@ -92,23 +95,59 @@ def copy_stem_classifier(params, teacher_params):
   return params
 
 
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _settings(config_dict: dict[str, Any]) -> dict[str, Any]:
+  """Dotted field -> JSON value, less the fields a rerun may change."""
+  flat = _flatten(json.loads(json.dumps(config_dict)))  # Tuples -> lists.
+  return {k: v for k, v in flat.items() if k not in RERUN_SAFE_FIELDS}
+
+
+def _has_trained(workdir: epath.Path) -> bool:
+  """Whether any generation in `workdir` has a checkpoint or a result."""
+  for gen in workdir.glob("seed_*/gen_*"):
+    # Orbax names a step's folder by its number once the step is complete.
+    if (gen / "result.json").exists() or any(
+        step.name.isdigit() for step in gen.glob("checkpoints/*")):
+      return True
+  return False
+
+
 def _check_workdir_config(workdir: epath.Path, config) -> None:
-  """Refuses to mix generations trained with different settings."""
+  """Refuses to mix generations trained with different settings.
+
+  A workdir's config.json binds it only once something was trained there:
+  a run that stopped before its first checkpoint (missing data, a batch
+  that does not fit) leaves nothing to protect, so the corrected rerun
+  replaces it.
+  """
   path = workdir / "config.json"
-  current = {k: v for k, v in config.to_dict().items()
-             if k not in RERUN_SAFE_FIELDS}
-  current = json.loads(json.dumps(current))  # tuples -> lists
+  current = _settings(config.to_dict())
   if path.exists():
-    saved = json.loads(path.read_text())
-    saved = {k: v for k, v in saved.items() if k not in RERUN_SAFE_FIELDS}
-    if saved != current:
-      diff = sorted(k for k in set(saved) | set(current)
-                    if saved.get(k) != current.get(k))
+    saved = _settings(json.loads(path.read_text()))
+    if saved == current:
+      return
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k))
+    if _has_trained(workdir):
+      described = "; ".join(
+          f"{k}: {saved.get(k, '(unset)')!r} there, "
+          f"{current.get(k, '(unset)')!r} now" for k in changed)
       raise validation.ConfigError(
-          f"{workdir} holds a run made with different settings (fields "
-          f"{', '.join(diff)}). Use a new --workdir, or rerun with the "
-          f"settings in {path}.")
-  elif jax.process_index() == 0:
+          f"{workdir} holds generations trained with other settings "
+          f"({described}). Use a new --workdir, or rerun with the settings "
+          f"in {path}.")
+    logging.info("%s trained nothing yet; its config.json is replaced "
+                 "(changed: %s).", workdir, ", ".join(changed))
+  if jax.process_index() == 0:
     path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
@@ -286,11 +325,18 @@ def run(config, workdir: str) -> dict[str, Any]:
   """
   validation.validate(config)
   workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  _check_workdir_config(workdir, config)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_workdir_config(workdir, config)
+  except OSError as e:
+    raise validation.ConfigError(
+        f"Cannot use --workdir={workdir}: {e}. Name a folder you can write "
+        "(it is made if missing).") from None
+  compile_cache.enable(config.get("compilation_cache_dir", ""), workdir)
   dataset = load_dataset(config.data)
   mesh = parallel.make_mesh()
   data = train.put_dataset(dataset, mesh, config.eval_batch_size)
+  validation.check_batch_fits(config, data.num_train)
   # Shared by the seeds too: one compilation per (student, teacher) pair.
   trainers = {}
   per_seed = []

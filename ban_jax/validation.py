@@ -24,7 +24,9 @@ from ban_jax import losses
 from ban_jax import models
 from ban_jax import paper_results
 from ban_jax import train
+from ban_jax.data import DATA_SOURCES
 from ban_jax.data import DATASET_NAMES
+from ban_jax.models import common
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,7 @@ KNOWN_FIELDS = (
     "optim.weight_decay", "optim.lr_decay_epochs", "optim.lr_decay_factor",
     "num_epochs", "batch_size", "eval_batch_size", "eval_every_epochs",
     "checkpoint_every_steps", "steps_per_call", "xla_options",
+    "compilation_cache_dir",
 )
 
 # (height, width, channels) and classes of each dataset, so that models can
@@ -114,6 +117,29 @@ def _model(name: str, field: str) -> None:
     models.get_model(name, num_classes=10)
   except ValueError as e:
     raise ConfigError(f"config.{field}: {e}") from None
+
+
+def _crop_padding(config) -> None:
+  """A random crop pads by `crop_padding`; it must be less than the side."""
+  if not config.data.get("augment", False):
+    return
+  pad = config.data.crop_padding
+  shape = DATASET_SHAPES.get(config.data.name)
+  side = min(shape[0][:2]) if shape else float("inf")
+  if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < side:
+    raise ConfigError(
+        f"config.data.crop_padding={pad!r}: the random crop pads each side by "
+        f"this many pixels, so it must be an integer in [0, {side}) for "
+        f"{config.data.name}; or set config.data.augment=False.")
+
+
+def check_batch_fits(config, num_train: int) -> None:
+  """The train batch must fit in the (global) train split."""
+  if config.batch_size > num_train:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} is larger than the "
+        f"{num_train} training examples of {config.data.name}; use at most "
+        f"{num_train}.")
 
 
 def _xla_options(text: str) -> None:
@@ -248,6 +274,13 @@ def validate(config) -> None:
   """Raises ConfigError on the first value that cannot work."""
   check_fields(config)
   _choice("dataset (config.data.name)", config.data.name, DATASET_NAMES)
+  _choice("data source (config.data.source)",
+          config.data.get("source", "auto") or "auto", DATA_SOURCES)
+  _crop_padding(config)
+  try:
+    common.resolve_dtype(config.model.dtype)
+  except ValueError as e:
+    raise ConfigError(f"config.model.dtype: {e}") from None
   _model(config.model.name, "model.name")
   if config.student_model:
     _model(config.student_model, "student_model")

@@ -51,7 +51,13 @@ and `configs/cifar100.py:smoke` runs the whole chain on CPU in about a
 minute (tiny model, a few hundred images, 1 epoch).
 """
 
-from configs import cifar_base
+import os
+import sys
+
+# ml_collections loads this file by its path: make its sibling configs
+# importable from any working directory, not only the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import cifar_base  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config(argument: str | None = None):

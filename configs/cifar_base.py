@@ -63,8 +63,9 @@ def cifar_config(dataset: str, argument: str | None
   config.data.augment = True
   # Where the data comes from: auto, tfds or archive (see README, CIFAR).
   config.data.source = "auto"
-  # TFDS data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
-  config.data.data_dir = None
+  # TFDS data_dir; "": $TFDS_DATA_DIR, else ~/tensorflow_datasets. (A
+  # string, not None: ml_collections cannot override a None field.)
+  config.data.data_dir = ""
   # Path to the official cifar-10(0)-python.tar.gz, or a folder with it.
   config.data.archive_path = ""
   # Keep only this many examples of a split (0: all); for smoke runs only.

@@ -13,7 +13,12 @@ or `--config.distill.loss=kd+label`.
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(argument: str | None = None) -> ml_collections.ConfigDict:
+  if argument:
+    raise ValueError(
+        f"configs/digits.py takes no argument (got {argument!r}): it is "
+        "already a small job. Override fields instead, e.g. "
+        "--config.num_epochs=2.")
   config = ml_collections.ConfigDict()
 
   # Random seed of the chain; generation g uses fold_in(seed, g).
@@ -90,4 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.steps_per_call = 1
   # XLA options of the train step, 'name=value;...' (see train.py).
   config.xla_options = ""
+  # JAX's compiled-program cache, so that a rerun skips compiling: inside
+  # the workdir when relative, shared when absolute, '' for none.
+  config.compilation_cache_dir = "compile_cache"
   return config

@@ -49,12 +49,12 @@ echo "Started $NPROC processes (coordinator 127.0.0.1:${PORT}); logs of" \
 # for the dead process in their next collective until JAX's timeout).
 status=0
 for ((left = NPROC; left > 0; left--)); do
-  if ! wait -n; then
-    status=1
-    echo "A process failed; stopping the others. Logs: $LOG_DIR" >&2
-    stop_all
-    break
-  fi
+  wait -n && continue
+  status=$?
+  echo "A process failed (exit code $status); stopping the others." \
+       "Logs: $LOG_DIR" >&2
+  stop_all
+  break
 done
 wait || true
 exit "$status"

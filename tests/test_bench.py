@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ban_jax import bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +20,7 @@ def test_bench_prints_json_lines_and_a_table(tmp_path):
              XLA_FLAGS="--xla_force_host_platform_device_count=2 "
              "--xla_backend_optimization_level=0")
   proc = subprocess.run(
-      [sys.executable, "-m", "ban_jax.bench", "--models=wrn10_1,nope",
+      [sys.executable, "-m", "ban_jax.bench", "--models=wrn10_1",
        "--batch_sizes=16", "--steps=2", "--warmup=1", "--image_size=8",
        "--num_examples=48", "--steps_per_call=2",
        f"--profile_dir={tmp_path}", "--profile_steps=1"],
@@ -28,6 +30,7 @@ def test_bench_prints_json_lines_and_a_table(tmp_path):
   good = [r for r in rows if r["model"] == "wrn10_1"]
   assert [r["mode"] for r in good] == ["fp32", "fp32+aug", "epoch"], (
       proc.stdout + proc.stderr[-3000:])
+  assert len(good) == len(rows) and proc.returncode == 0
   for row in good:
     assert "error" not in row, row
     for key in PEER_KEYS + ("compile_s", "peak_mem_gb", "loss"):
@@ -36,16 +39,34 @@ def test_bench_prints_json_lines_and_a_table(tmp_path):
     assert row["img_per_s"] > 0 and row["devices"] == 2
     assert row["peak_mem_gb"] is None  # CPU devices keep no memory stats.
   assert good[-1]["steps"] == 48 // 16
-  # A bad model name is an error row, not a crash, and the exit code says so.
-  bad = [r for r in rows if r["model"] == "nope"]
-  assert len(bad) == 3 and all("Unknown model" in r["error"] for r in bad)
-  assert proc.returncode == 1
   assert "| ban_jax | wrn10_1 | epoch | 16 |" in proc.stdout
   # --profile_dir: each compiled step's HLO, and a trace per step mode.
   for name in ("wrn10_1_b16_bare_x2", "wrn10_1_b16_aug_x2"):
     assert "ENTRY" in (tmp_path / f"{name}.hlo.txt").read_text()
     assert list((tmp_path / name).glob("plugins/profile/*/*.trace.json.gz"))
-  assert not list(tmp_path.glob("nope*"))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--models=wrn10_1,nope"], "--models: Unknown model 'nope'"),
+    (["--modes=step,bogus"],
+     "--modes='step,bogus': use any of step, step+aug, epoch."),
+    (["--batch_sizes=128,big"], "--batch_sizes='128,big': use integers"),
+    (["--steps=0"], "--steps=0 is too small."),
+])
+def test_bad_flags_stop_before_any_compute(capsys, flags, message):
+  with pytest.raises(SystemExit) as stop:
+    bench.parse_args(flags)
+  assert stop.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_an_error_row_is_one_table_cell():
+  rows = [{"impl": "ban_jax", "model": "wrn28_10", "mode": "bf16",
+           "batch": 4096, "error": "XlaRuntimeError: RESOURCE_EXHAUSTED:\n"
+                                   "  Out of memory | allocating 9 GiB"}]
+  assert bench.table(rows).splitlines()[-1] == (
+      "| ban_jax | wrn28_10 | bf16 | 4096 | error: XlaRuntimeError: "
+      "RESOURCE_EXHAUSTED: Out of memory / allocating 9 GiB |")
 
 
 def test_table_adds_matching_peer_rows():

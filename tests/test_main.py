@@ -25,9 +25,9 @@ def test_config_argument_is_used_to_find_fields():
   assert "config.data.sorce" in message and "archive_path" in message
 
 
-def _run(*args):
+def _run(*args, cwd=ROOT):
   return subprocess.run(
-      [sys.executable, "-m", "ban_jax.main", *args], cwd=ROOT,
+      [sys.executable, "-m", "ban_jax.main", *args], cwd=cwd,
       capture_output=True, text=True, timeout=120,
       env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
 
@@ -47,3 +47,33 @@ def test_command_line_errors(tmp_path):
   assert "wrn28_10" in model.stderr and "densenet90_60" in model.stderr
   assert "Traceback" not in model.stderr
   assert not (tmp_path / "seed_0").exists()  # Failed before any compute.
+
+
+def test_command_line_errors_about_files(tmp_path):
+  missing = _run("--config=configs/nope.py", f"--workdir={tmp_path}")
+  assert missing.returncode != 0
+  assert missing.stderr.strip() == (
+      f"ERROR: config file 'configs/nope.py' not found (relative paths are "
+      f"from {ROOT}). The configs are in the repository's configs/ folder, "
+      "e.g. --config=configs/cifar100.py.")
+
+  argument = _run("--config=configs/digits.py:smoke", f"--workdir={tmp_path}")
+  assert argument.returncode != 0
+  assert "configs/digits.py takes no argument (got 'smoke')" in argument.stderr
+  assert "Traceback" not in argument.stderr
+
+  (tmp_path / "a_file").write_text("")
+  workdir = _run("--config=configs/digits.py", f"--workdir={tmp_path}/a_file")
+  assert workdir.returncode != 0
+  assert f"ERROR: Cannot use --workdir={tmp_path}/a_file: " in workdir.stderr
+  assert "Traceback" not in workdir.stderr
+
+
+def test_cifar_configs_load_from_any_working_directory(tmp_path):
+  # No CIFAR here: the run gets as far as looking for the data.
+  run = _run(f"--config={ROOT}/configs/cifar10.py:smoke",
+             f"--workdir={tmp_path / 'run'}",
+             f"--config.data.data_dir={tmp_path / 'tfds'}", cwd=tmp_path)
+  assert run.returncode != 0
+  assert "ModuleNotFoundError" not in run.stderr
+  assert "ERROR: " in run.stderr and "CIFAR-10" in run.stderr

@@ -406,6 +406,18 @@ def test_main_prints_parameters_and_macs(capsys):
   assert re.search(r"^resnet20\s+0\.27M\s+0\.041G$", out, re.MULTILINE), out
 
 
+def test_main_refuses_an_unknown_name_before_printing(capsys):
+  # pylint: disable-next=import-outside-toplevel
+  from ban_jax.models import __main__ as models_main
+  with pytest.raises(SystemExit) as stop:
+    models_main.main(["resnet20", "densenet_bc100"])
+  assert stop.value.code == 2
+  captured = capsys.readouterr()
+  assert captured.out == ""  # Not even the header.
+  assert "error: Unknown model 'densenet_bc100'" in captured.err
+  assert "wrn28_10" in captured.err
+
+
 def test_unknown_name_lists_the_valid_names():
   with pytest.raises(ValueError) as error:
     models.get_model("densenet_bc100", 10)

@@ -134,6 +134,9 @@ def _worker(workdir: str, out_dir: str) -> None:
         "report_calls": report_calls, "fit_calls_on_rerun": len(fit_calls),
         "same_rerun": _scores(results) == _scores(rerun),
         "generations": _scores(results),
+        "compile_cache": jax.config.jax_compilation_cache_dir,
+        "compile_cache_files": len(os.listdir(
+            jax.config.jax_compilation_cache_dir)),
     }, f)
 
 
@@ -166,6 +169,9 @@ def _start(args, env_extra, devices, log_path):
   env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
                       "--xla_backend_optimization_level=0")
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  # Every compiled program goes to the cache, however fast it compiled.
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   log = open(log_path, "w")  # pylint: disable=consider-using-with
   return subprocess.Popen(
       [sys.executable, os.path.abspath(__file__)] + args, env=env,
@@ -211,6 +217,8 @@ def test_two_processes_match_one(tmp_path):
            for i in range(2)]
   reference = json.loads((single / "facts_0.json").read_text())
   assert reference["process_count"] == 1 and reference["launch"] == "single"
+  assert reference["compile_cache"] == str(single / "workdir" /
+                                           "compile_cache")
   for i, fact in enumerate(facts):
     assert fact["launch"] == "explicit"
     assert fact["process_count"] == 2 and fact["device_count"] == 4
@@ -219,6 +227,9 @@ def test_two_processes_match_one(tmp_path):
     assert fact["step"] == NUM_TRAIN // 16
     assert fact["fit_calls_on_rerun"] == 0 and fact["same_rerun"]
     assert fact["report_calls"] == ([0, 0] if i == 0 else [])
+    # One cache in the shared workdir: process 0 writes, both read.
+    assert fact["compile_cache"] == str(multi / "workdir" / "compile_cache")
+    assert fact["compile_cache_files"] > 0
   assert facts[0]["generations"] == facts[1]["generations"]
   assert (multi / "workdir" / "results.json").exists()
 

@@ -12,6 +12,7 @@ from ban_jax import checkpoints
 from ban_jax import parallel
 from ban_jax import pipeline
 from ban_jax import train
+from ban_jax import validation
 from configs import digits
 from tests.run_results import scores as _scores
 
@@ -195,5 +196,58 @@ def test_changed_settings_in_an_old_workdir_are_refused(chain):
   config, workdir, _, _ = chain
   config = tiny_config()
   config.optim.learning_rate = 0.2
-  with pytest.raises(ValueError, match="optim"):
+  with pytest.raises(validation.ConfigError) as error:
     pipeline.run(config, str(workdir))
+  assert str(error.value) == (
+      f"{workdir} holds generations trained with other settings "
+      "(optim.learning_rate: 0.05 there, 0.2 now). Use a new --workdir, or "
+      f"rerun with the settings in {workdir}/config.json.")
+
+
+def test_a_workdir_binds_its_settings_once_a_generation_is_checkpointed(
+    tmp_path):
+  check = pipeline._check_workdir_config  # pylint: disable=protected-access
+  workdir = epath.Path(tmp_path)
+  first = tiny_config()
+  check(workdir, first)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["optim"]["learning_rate"] == 0.05
+
+  # A run that stopped before its first checkpoint (say, the data was
+  # missing) binds nothing: the corrected command replaces config.json.
+  gen_0 = tmp_path / "seed_0" / "gen_0" / "checkpoints"
+  (gen_0 / "3.orbax-checkpoint-tmp").mkdir(parents=True)  # Unfinished.
+  second = tiny_config()
+  second.optim.learning_rate = 0.01
+  second.batch_size = 32
+  check(workdir, second)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["optim"]["learning_rate"] == 0.01 and saved["batch_size"] == 32
+
+  # Once a step is checkpointed, other settings are refused, naming each.
+  (gen_0 / "21").mkdir()
+  with pytest.raises(validation.ConfigError,
+                     match=r"\(batch_size: 32 there, 64 now; "
+                     r"optim.learning_rate: 0.01 there, 0.05 now\)"):
+    check(workdir, first)
+  # Where the data is, and how long the chain runs, may change.
+  moved = tiny_config(num_generations=5)
+  moved.optim.learning_rate = 0.01
+  moved.batch_size = 32
+  moved.data.archive_path = "/elsewhere/cifar-10-python.tar.gz"
+  check(workdir, moved)
+
+
+def test_a_run_that_fails_before_training_leaves_the_workdir_usable(
+    tmp_path):
+  too_big = tiny_config()
+  too_big.batch_size = 4096
+  with pytest.raises(validation.ConfigError,
+                     match="batch_size=4096 is larger than the 1347 training "
+                     "examples of digits; use at most 1347."):
+    pipeline.run(too_big, str(tmp_path))
+  assert not list(tmp_path.glob("seed_*/gen_*/checkpoints/*"))
+  fixed = tiny_config(num_generations=1)
+  fixed.num_epochs = 1
+  fixed.optim.lr_decay_epochs = ()
+  assert len(pipeline.run(fixed, str(tmp_path))["generations"]) == 2

@@ -39,14 +39,15 @@ def _main(workdir: pathlib.Path, cache: pathlib.Path, log: pathlib.Path,
       sys.executable, "-m", "ban_jax.main", "--config=configs/digits.py",
       f"--workdir={workdir}", "--config.model.name=wrn10_1",
       "--config.num_generations=1", "--config.num_epochs=2",
-      "--config.optim.lr_decay_epochs=(1,)", *overrides]
+      "--config.optim.lr_decay_epochs=(1,)",
+      # Runs after the first load their compiled programs from disk.
+      f"--config.compilation_cache_dir={cache}", *overrides]
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          # One CPU device compiles fastest; the batch (64) divides it.
          "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-         # Runs after the first load its compiled programs from disk.
-         "JAX_COMPILATION_CACHE_DIR": str(cache),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # It would take precedence.
   with open(log, "w") as out:
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out,
                             stderr=subprocess.STDOUT)
@@ -75,8 +76,11 @@ def test_kill_9_mid_generation_then_rerun_gives_the_same_results(
     tmp_path, xla_cache):
   every_4_steps = "--config.checkpoint_every_steps=4"
   baseline = tmp_path / "baseline"
-  _finish(_main(baseline, xla_cache, tmp_path / "baseline.log"),
-          tmp_path / "baseline.log")
+  log = _finish(_main(baseline, xla_cache, tmp_path / "baseline.log"),
+                tmp_path / "baseline.log")
+  # config.compilation_cache_dir reached JAX: the steps were written there.
+  assert f"Compilation cache: {xla_cache}" in log
+  assert os.listdir(xla_cache)
 
   killed = tmp_path / "killed"
   process = _main(killed, xla_cache, tmp_path / "killed.log", every_4_steps)
@@ -149,6 +153,28 @@ def test_a_non_finite_state_is_never_saved(tmp_path):
     ckpt.save(2, _tiny_state(np.nan), {"history": []})
   ckpt.close()
   assert ckpt.all_steps() == [1]
+
+
+def test_progress_is_saved_as_it_was_when_save_was_called(tmp_path):
+  # Orbax writes the JSON in a background thread; train.fit goes on
+  # updating the same dict (epoch sums, history) right after save returns.
+  # A race, so several saves: each one lost it about half the time.
+  ckpt = checkpoints.GenerationCheckpoints(tmp_path / "gen_0", max_to_keep=5)
+  progress = {"history": [], "epoch_sums": [0.0]}
+  for step in range(1, 6):
+    ckpt.save(step, _tiny_state(1.0), progress)
+    progress["history"].append({"epoch": step})
+    progress["epoch_sums"] = [float(step)]
+  ckpt.close()
+  assert ckpt.all_steps() == [1, 2, 3, 4, 5]
+  for step in range(1, 6):
+    saved = json.loads(
+        (tmp_path / "gen_0" / str(step) / "progress" / "metadata").read_text())
+    assert saved == {"history": [{"epoch": e} for e in range(1, step)],
+                     "epoch_sums": [float(step - 1)]}, step
+  _, _, latest = checkpoints.GenerationCheckpoints(
+      tmp_path / "gen_0").restore_latest(jax.eval_shape(_tiny_state))
+  assert latest == saved
 
 
 # ----------------------------------------------------- corrupt checkpoints

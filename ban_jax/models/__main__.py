@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   shape = (args.image_size, args.image_size, 3)
   names = args.names or models.registered_names()
+  for name in names:
+    try:
+      models.get_model(name, args.num_classes)
+    except ValueError as e:
+      parser.error(str(e))
   print(f"{'model':<22} {'params':>12} {'MACs/image':>14}"
         f"   ({args.num_classes} classes, {args.image_size}x"
         f"{args.image_size}x3)")

@@ -1,0 +1,76 @@
+"""config.compilation_cache_dir: where JAX keeps compiled programs."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+from ban_jax import compile_cache
+from ban_jax import validation
+
+
+@pytest.fixture
+def no_jax_cache():
+  """No cache set through JAX (conftest sets one), restored afterwards."""
+  before = jax.config.jax_compilation_cache_dir
+  min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_compilation_cache_dir", None)
+  jax_cache.reset_cache()
+  compile_cache._set_here = None
+  try:
+    yield
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
+    jax_cache.reset_cache()
+    compile_cache._set_here = None
+
+
+def test_cache_path_relative_absolute_home_and_off(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert compile_cache.cache_path("compile_cache", tmp_path / "run") == (
+      tmp_path / "run" / "compile_cache")
+  assert compile_cache.cache_path(str(tmp_path / "shared"), "run") == (
+      tmp_path / "shared")
+  assert compile_cache.cache_path("~/xla", "run") == tmp_path / "home" / "xla"
+  assert compile_cache.cache_path("", tmp_path) is None
+
+
+def test_a_cache_set_through_jax_takes_precedence(tmp_path):
+  ours = jax.config.jax_compilation_cache_dir  # Set by conftest.
+  assert ours
+  assert compile_cache.enable("compile_cache", tmp_path) == ours
+  assert jax.config.jax_compilation_cache_dir == ours
+  assert not (tmp_path / "compile_cache").exists()
+
+
+def test_enable_writes_compiled_programs_into_the_workdir(
+    tmp_path, no_jax_cache):  # pylint: disable=unused-argument
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  folder = tmp_path / "compile_cache"
+  assert compile_cache.enable("compile_cache", tmp_path) == str(folder)
+  assert jax.config.jax_compilation_cache_dir == str(folder)
+  # A program never compiled in this process before (its constant is new).
+  jax.jit(lambda x: x * 3.25 + 17.0)(jnp.ones(3)).block_until_ready()
+  assert os.listdir(folder)
+
+  # A second run in the same process may move the cache, or turn it off.
+  other = tmp_path / "other"
+  assert compile_cache.enable(str(other), tmp_path) == str(other)
+  assert jax.config.jax_compilation_cache_dir == str(other)
+  assert compile_cache.enable("", tmp_path) is None
+  assert jax.config.jax_compilation_cache_dir is None
+
+
+def test_a_folder_that_cannot_be_made_is_a_config_error(
+    tmp_path, no_jax_cache):  # pylint: disable=unused-argument
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(validation.ConfigError) as error:
+    compile_cache.enable("a_file/cache", tmp_path)
+  message = str(error.value)
+  assert message.startswith("config.compilation_cache_dir='a_file/cache': "
+                            f"cannot make {tmp_path / 'a_file' / 'cache'}")
+  assert "or '' to compile without a cache" in message
+  assert jax.config.jax_compilation_cache_dir is None
