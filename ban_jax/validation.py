@@ -317,6 +317,10 @@ def validate(config) -> None:
           f"config.ensemble_sizes has {size}: an ensemble Ens*k averages "
           f"generations 1..k, so k must be in 2..num_generations="
           f"{config.num_generations}.")
+  if len(set(config.ensemble_sizes)) != len(config.ensemble_sizes):
+    raise ConfigError(
+        f"config.ensemble_sizes={tuple(config.ensemble_sizes)} repeats a "
+        "size; list each Ens*k once.")
   num_devices = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % num_devices:

@@ -11,6 +11,8 @@
 #                                                # log in ~/ban_jax.log
 #   MODULE=ban_jax.bench launch/tpu_pod.sh run --models=wrn28_10
 #
+# --worker=all needs the key gcloud made in your ssh agent first:
+# `ssh-add ~/.ssh/google_compute_engine`.
 # The workdir should be a gs:// bucket every host can write (Orbax writes
 # the checkpoints from all hosts; process 0 writes the results). `setup`
 # copies the tracked files of this checkout (with uncommitted edits).
@@ -38,8 +40,11 @@ shift
 case "$command" in
   setup)
     repo=$(git rev-parse --show-toplevel)
-    archive=$(mktemp -d)/ban_jax_src.tgz
-    (cd "$repo" && git ls-files -z | xargs -0 tar czf "$archive")
+    staging=$(mktemp -d)
+    trap 'rm -rf "$staging"' EXIT
+    archive=$staging/ban_jax_src.tgz
+    # One tar over the whole list (xargs could split it into several tars).
+    (cd "$repo" && git ls-files -z | tar czf "$archive" --null -T -)
     to_all_workers "$archive" "~/ban_jax_src.tgz"
     jax_version=$(grep '^jax==' "$repo/requirements.txt" | cut -d= -f3)
     on_all_workers "mkdir -p ~/$REMOTE_DIR && tar xzf ~/ban_jax_src.tgz \
@@ -57,7 +62,8 @@ case "$command" in
     # layout from the TPU metadata server.
     run="cd ~/$REMOTE_DIR && BAN_JAX_DISTRIBUTED=1 python3 -m $MODULE $args"
     if [[ -n "${DETACH:-}" ]]; then
-      run="nohup bash -c '$run' > ~/ban_jax.log 2>&1 < /dev/null &"
+      # %q quotes the whole command for the remote shell, quotes in it too.
+      run="nohup bash -c $(printf %q "$run") > ~/ban_jax.log 2>&1 < /dev/null &"
     fi
     on_all_workers "$run"
     ;;

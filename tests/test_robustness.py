@@ -262,6 +262,8 @@ def _set(config, path: str, value):
     ("eval_batch_size", 100, "config.eval_batch_size=100 is not divisible"),
     ("ensemble_sizes", (2, 4), "config.ensemble_sizes has 4: an ensemble "
      "Ens*k averages generations 1..k, so k must be in 2..num_generations=3"),
+    ("ensemble_sizes", (2, 3, 2), "config.ensemble_sizes=(2, 3, 2) "
+     "repeats a size; list each Ens*k once."),
     ("seeds", (0, 1, 0), "config.seeds=(0, 1, 0) repeats a seed"),
     ("seeds", (-1,), "Seeds must be non-negative integers, got -1"),
     ("model.dropout_rate", 1.0, "config.model.dropout_rate must be in "
