@@ -101,11 +101,12 @@ class DenseLayer(nn.Module):
     if self.memory_efficient:
       # static_argnums counts `self`: argument 2 is `train`, a Python bool.
       head_cls = nn.remat(_ConcatNormConv, static_argnums=(2,))
+    # Dropout after each conv, as in Huang et al.'s reference code.
+    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
     y = head_cls(self.bottleneck_width * self.growth, self.dtype,
                  name="bottleneck")(tuple(features), train)
-    y = nn.relu(common.batch_norm(train, self.dtype, name="norm")(y))
-    y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    return common.conv(self.growth, 3, self.dtype, name="conv")(y)
+    y = nn.relu(common.batch_norm(train, self.dtype, name="norm")(dropout(y)))
+    return dropout(common.conv(self.growth, 3, self.dtype, name="conv")(y))
 
 
 class DenseNet(nn.Module):
@@ -139,6 +140,7 @@ class DenseNet(nn.Module):
             train, dtype, name=f"transition{block}_norm")(x))
         x = common.conv(int(x.shape[-1] * self.compression), 1, dtype,
                         name=f"transition{block}_conv")(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = nn.relu(common.batch_norm(train, dtype, name="final_norm")(x))
     return common.global_pool_logits(x, self.num_classes, dtype)

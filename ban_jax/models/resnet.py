@@ -30,8 +30,11 @@ the pre-activated input.
 Table 5 students. The paper trains residual students of a DenseNet-90-60
 teacher, shaped to match the teacher's output at each dense block and
 sharing (copied, then frozen) the teacher's first conv and final linear
-layer; it calls them Wide-ResNet-1-1, Wide-ResNet-4-0.5, Pre-ResNet-14-0.5 and
-Pre-ResNet-14-1 and says no more. Our reading, registered as
+layer; it calls them Wide-ResNet-1-1, Wide-ResNet-4-0.5, Pre-ResNet-14-0.5,
+Pre-ResNet-14-1 (and Wide-ResNet-2-1, Wide-ResNet-4-1), gives "the number
+of units per block ... followed by the ratio of input and output channels
+with respect to a DenseNet-90-60 block" and their sizes, and says no more.
+Our reading, registered as
   * `densewrn{blocks}_{ratio}`    = Wide-ResNet-blocks-ratio (basic
     pre-activation blocks, the WRN block), e.g. densewrn1_1, densewrn4_0.5;
   * `densepreresnet{blocks}_{ratio}` = Pre-ResNet-blocks-ratio (bottleneck
@@ -39,9 +42,15 @@ Pre-ResNet-14-1 and says no more. Our reading, registered as
     densepreresnet14_0.5, densepreresnet14_1:
 `blocks` residual blocks per stage (14 is the DenseNet-90-60's number of
 dense layers per block), three stages at the spatial sizes of the dense
-blocks (strides 1, 2, 2) whose output widths are `ratio` times the dense
-blocks' output widths (960, 1320, 1500 for DenseNet-90-60), rounded to
-integers; bottleneck blocks work at a quarter of that width, rounded down.
+blocks (strides 1, 2, 2) whose output widths are `ratio` times the widths
+the dense blocks hand on after compression (0.5 x 960, 1320, 1500 = 480,
+660, 750 for DenseNet-90-60), rounded to integers; bottleneck blocks work
+at a quarter of that width, rounded down. This reading gives the paper's
+sizes of Wide-ResNet-1-1, 2-1 and 4-1 to 1% (21.0M, 43.2M, 87.4M for 20.9M,
+43.1M, 87.3M) and 22.4M for Wide-ResNet-4-0.5's 24.3M; reading the ratio
+against the uncompressed widths would make them about 4 times larger. The
+Pre-ResNet sizes (7.3M and 17.7M; ours 5.5M and 20.4M) fit no single width
+rule, so those two stay a best guess.
 The stem is the teacher's: a 3x3 conv to 2*growth = 120 channels. The
 classifier is the teacher's: a linear layer from the teacher's final
 width (1500); when the last stage is narrower (ratio < 1), a 1x1 conv named
@@ -222,7 +231,8 @@ def densenet_shaped(blocks: int, ratio: float, num_classes: int, *,
                      f"width ratio, got {blocks} and {ratio}.")
   outputs, stem = densenet.stage_widths(dense_depth, dense_growth,
                                         dense_compression)
-  widths = tuple(max(1, round(ratio * w)) for w in outputs)
+  widths = tuple(max(1, round(ratio * dense_compression * w))
+                 for w in outputs)
   return PreActResNet(stage_sizes=(blocks,) * len(widths), widths=widths,
                       num_classes=num_classes, stem_features=stem,
                       bottleneck=bottleneck, head_features=outputs[-1],
