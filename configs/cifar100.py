@@ -44,6 +44,8 @@ reading of the students' names):
   --config=configs/cifar100.py:model=densenet90_60,student=densepreresnet14_1,share    [18.84 -> 17.39]
   --config=configs/cifar100.py:model=densenet90_60,student=densewrn1_1,share           [20.4 -> 19.12]
   --config=configs/cifar100.py:model=densenet90_60,student=densewrn4_0.5,share         [19.63 -> 17.13]
+  --config=configs/cifar100.py:model=densenet90_60,student=densewrn2_1,share           [18.83 -> 17.42]
+  --config=configs/cifar100.py:model=densenet90_60,student=densewrn4_1,share           [18.77 -> 17.18]
 
 Each is run as
   python -m ban_jax.main --config=configs/cifar100.py:ARGS --workdir=runs/NAME

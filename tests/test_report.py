@@ -1,5 +1,6 @@
 """Reports: results.md/json/png, seeds, the paper's numbers, TensorBoard."""
 
+import importlib
 import json
 import pathlib
 import re
@@ -92,7 +93,7 @@ def test_plot_is_a_png():
 
 def test_paper_rows_use_our_names():
   columns = {"Teacher", "BAN-1", "BAN-2", "BAN-3", "Ens*2", "Ens*3"}
-  assert len(paper_results.ROWS) == 8 + 16 + 8 + 4
+  assert len(paper_results.ROWS) == 8 + 16 + 8 + 6
   for key, row in paper_results.ROWS.items():
     assert re.fullmatch(r"table[1-5]/[\w.]+/[\w.+]+", key), key
     assert set(row.test_error) <= columns, key
@@ -109,8 +110,29 @@ def test_paper_rows_use_our_names():
       "Teacher": 19.08, "BAN-1": 16.79}
   assert paper_results.get("table5/densenet90_60/densewrn4_0.5").test_error == {
       "BAN-1": 17.13}
+  assert paper_results.get("table5/densenet90_60/densewrn4_1").test_error == {
+      "BAN-1": 17.18}
   assert paper_results.get("table1/wrn28_10/ban").dataset == "cifar10"
   assert paper_results.find("digits", "wrn10_2", "", "kd") is None
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_every_command_in_the_config_docstrings_names_its_paper_row(dataset):
+  # Each documented command builds a config whose paper row holds the
+  # numbers printed beside it (a row's note has the ones it does not
+  # report as a column: the separate BAN run, Table 5's label baseline).
+  module = importlib.import_module(f"configs.{dataset}")
+  commands = re.findall(
+      rf"--config=configs/{dataset}\.py:(\S+)\s+\[([\d.]+)(?: -> ([\d.]+))?\]",
+      module.__doc__)
+  assert len(commands) == {"cifar10": 8, "cifar100": 30}[dataset]
+  for argument, *printed in commands:
+    config = module.get_config(argument)
+    row = paper_results.get(config.paper_row)
+    known = set(row.test_error.values()) | {
+        float(x) for x in re.findall(r"\d+\.\d+", row.note or "")}
+    for number in filter(None, printed):
+      assert float(number) in known, (argument, number, row)
 
 
 # ------------------------------------------------------------ tensorboard
