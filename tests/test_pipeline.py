@@ -47,12 +47,18 @@ class FitSpy:
                      generation=generation, **kw)
 
 
-def _final_variables(workdir, generation, config):
-  """The checkpointed final variables of a generation, read with Orbax."""
+def _final_variables(workdir, generation, config, share=False):
+  """The checkpointed final variables of a generation, read with Orbax.
+
+  `share`: a student trained with config.share_stem_classifier, whose
+  optimiser state has the frozen layers' masked shape.
+  """
   data = pipeline.train.put_dataset(
       pipeline.load_dataset(config.data), parallel.make_mesh(),
       config.eval_batch_size)
-  trainer = pipeline._trainer({}, config, config.model.name, None, False,
+  teacher = (pipeline.build_model(config.model.name, config, data.num_classes)
+             if share else None)
+  trainer = pipeline._trainer({}, config, config.model.name, teacher, share,
                               data, parallel.make_mesh())
   ckpt = checkpoints.GenerationCheckpoints(
       epath.Path(workdir) / "seed_0" / f"gen_{generation}" / "checkpoints")
@@ -131,6 +137,13 @@ def test_results_files(chain):
   assert row in table
   # The learnt teacher is much better than chance (10 classes).
   assert results["generations"][0]["test_accuracy"] > 80
+  # Each epoch reports the rate it trained at: 0.05, then 0.2 x 0.05 from
+  # epoch 2 (config.optim.lr_decay_epochs = (1,)); 21 steps an epoch.
+  for generation in results["generations"]:
+    assert [(r["epoch"], r["step"]) for r in generation["history"]] == [
+        (1, 21), (2, 42)]
+    assert [r["learning_rate"] for r in generation["history"]] == (
+        pytest.approx([0.05, 0.01]))
 
 
 def test_ensemble_averages_probabilities(chain):
@@ -251,3 +264,19 @@ def test_a_run_that_fails_before_training_leaves_the_workdir_usable(
   fixed.num_epochs = 1
   fixed.optim.lr_decay_epochs = ()
   assert len(pipeline.run(fixed, str(tmp_path))["generations"]) == 2
+
+
+def test_shared_stem_and_classifier_stay_the_teachers(tmp_path):
+  # Table 5's setting: the student starts from the teacher's first conv and
+  # classifier and never changes them; everything else trains.
+  config = tiny_config(num_generations=1)
+  config.num_epochs = 1
+  config.optim.lr_decay_epochs = ()
+  config.share_stem_classifier = True
+  pipeline.run(config, str(tmp_path))
+  teacher = _final_variables(tmp_path, 0, config)["params"]
+  student = _final_variables(tmp_path, 1, config, share=True)["params"]
+  for name in ("stem", "classifier"):
+    jax.tree.map(np.testing.assert_array_equal, student[name], teacher[name])
+  assert not np.allclose(student["stage0_block0"]["Conv_0"]["kernel"],
+                         teacher["stage0_block0"]["Conv_0"]["kernel"])

@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from ban_jax import checkpoints
@@ -136,6 +137,8 @@ def test_exploding_learning_rate_stops_with_the_last_good_checkpoint(
   assert step == 21 and int(parallel.fetch(state.step)) == 21
   assert checkpoints.is_finite(state)
   assert [r["epoch"] for r in progress["history"]] == [1]
+  # An epoch-end checkpoint holds no partial sums for the next epoch.
+  assert progress["epoch_sums"] == {}
 
 
 def _tiny_state(value=0.0):
@@ -178,6 +181,24 @@ def test_progress_is_saved_as_it_was_when_save_was_called(tmp_path):
 
 
 # ----------------------------------------------------- corrupt checkpoints
+
+
+def test_a_non_finite_checkpoint_on_disk_is_set_aside(tmp_path):
+  # Written behind save's guard (say, by an older version): restore checks.
+  directory = tmp_path / "checkpoints"
+  ckpt = checkpoints.GenerationCheckpoints(directory)
+  ckpt.save(1, _tiny_state(1.0), {"history": [1]})
+  ckpt.wait()
+  ckpt._manager.save(  # pylint: disable=protected-access
+      2, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_tiny_state(np.inf)),
+          progress=ocp.args.JsonSave({"history": [1, 2]})))
+  ckpt.close()
+  step, state, progress = checkpoints.GenerationCheckpoints(
+      directory).restore_latest(jax.eval_shape(_tiny_state))
+  assert step == 1 and progress == {"history": [1]}
+  np.testing.assert_array_equal(state["params"]["w"], np.ones(64))
+  assert (directory / "2.unreadable").exists()
 
 
 def _garble(step_dir: pathlib.Path) -> None:

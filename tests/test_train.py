@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from ban_jax import feature_losses
@@ -215,3 +216,107 @@ def test_xla_options_parse_and_reach_the_compiled_step():
     trainer.train_steps(1).lower(
         state, state.variables, data.train_images, data.train_labels, perm,
         jax.random.key(1)).compile()
+
+
+def _optim(**overrides):
+  optim = ml_collections.ConfigDict({
+      "learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
+      "weight_decay": 5e-4, "lr_decay_epochs": (), "lr_decay_factor": 0.2})
+  optim.update(overrides)
+  return optim
+
+
+def test_optimizer_is_nesterov_sgd_with_coupled_decay_on_every_parameter():
+  # Zero gradient: only the decay moves the weights. Coupled decay adds
+  # wd * w to the gradient g; Nesterov steps by lr * (g + momentum * g)
+  # after one update: 1 - 0.1 * (5e-4 + 0.9 * 5e-4) = 0.999905. Without
+  # Nesterov it would be 0.99995; norms' scales decay like kernels.
+  params = {"kernel": jnp.ones((2, 2)), "scale": jnp.ones(2)}
+  tx = train.make_optimizer(_optim(), steps_per_epoch=10)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  for leaf in jax.tree.leaves(optax.apply_updates(params, updates)):
+    np.testing.assert_allclose(leaf, 0.999905, rtol=1e-7)
+
+
+def test_learning_rate_drops_at_the_first_step_of_the_named_epoch():
+  schedule = train.learning_rate_schedule(
+      _optim(lr_decay_epochs=(2, 3)), steps_per_epoch=10)
+  assert [float(schedule(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx(
+      [0.1, 0.1, 0.02, 0.02, 0.004])
+
+
+def test_each_epoch_and_generation_has_its_own_order(tmp_path, monkeypatch):
+  calls = []  # (the state's step, the permutation) per compiled call.
+  train_steps = train.GenerationTrainer.train_steps
+
+  def recording(self, num_steps):
+    compiled = train_steps(self, num_steps)
+
+    def run(state, teacher_vars, images, labels, perm, rng):
+      calls.append((int(parallel.fetch(state.step)),
+                    np.asarray(parallel.fetch(perm))))
+      return compiled(state, teacher_vars, images, labels, perm, rng)
+    return run
+
+  monkeypatch.setattr(train.GenerationTrainer, "train_steps", recording)
+  config = digits.get_config()
+  config.model.name = "wrn10_1"
+  config.num_generations = 1
+  config.num_epochs = 2
+  config.optim.lr_decay_epochs = ()
+  pipeline.run(config, str(tmp_path))
+  spe = 1347 // 64
+  assert len(calls) == 2 * 2 * spe  # One step per call on the digits.
+  orders = {}
+  for index, (step, perm) in enumerate(calls):
+    generation = index // (2 * spe)
+    assert step == index % (2 * spe)
+    orders.setdefault((generation, step // spe), []).append(perm)
+  for perms in orders.values():  # One order for a whole epoch...
+    for perm in perms[1:]:
+      np.testing.assert_array_equal(perm, perms[0])
+    np.testing.assert_array_equal(np.sort(perms[0]), np.arange(1347))
+  firsts = [perms[0] for perms in orders.values()]
+  for i, a in enumerate(firsts):  # ...and a new one for every other.
+    for b in firsts[i + 1:]:
+      assert not np.array_equal(a, b)
+
+
+def test_a_step_uses_the_teacher_in_inference_mode_and_a_fresh_key():
+  # The compiled step against the same step built by hand from its parts:
+  # the teacher in inference mode (its running statistics, here far from
+  # any batch's, so batch statistics would give other logits) and the
+  # step's own key, fold_in(rng, step), for the crop and flip.
+  config = digits.get_config()
+  config.model.name = "wrn10_1"
+  config.data.augment = True
+  config.steps_per_call = 1
+  mesh = parallel.make_mesh()
+  data = train.put_dataset(pipeline.load_dataset(config.data), mesh,
+                           config.eval_batch_size)
+  teacher = pipeline.build_model("wrn10_1", config, data.num_classes)
+  trainer = pipeline._trainer({}, config, "wrn10_1", teacher, False, data,
+                              mesh)
+  teacher_vars = trainer.init_state(jax.random.key(7)).variables
+  teacher_vars["batch_stats"] = jax.tree.map(
+      lambda x: jnp.full_like(x, 3.0), teacher_vars["batch_stats"])
+  teacher_vars = parallel.fetch(teacher_vars)
+  perm = jnp.arange(data.num_train, dtype=jnp.int32)
+  rng = jax.random.key(11)
+  for step in (0, 5):
+    state = trainer.init_state(jax.random.key(3))
+    state = state.replace(step=jnp.asarray(step, jnp.int32))
+    images, labels, rest = trainer._batch_from_device(
+        state, data.train_images, data.train_labels, perm,
+        jax.random.fold_in(rng, step))
+    logits = teacher.apply(teacher_vars, images, train=False)
+    _, expected = train.student_update(
+        state, trainer.tx, trainer.student, images, labels, logits, rest,
+        config.distill)
+    expected = parallel.fetch(expected)
+    _, got = trainer.train_steps(1)(state, teacher_vars, data.train_images,
+                                    data.train_labels, perm, rng)
+    for name, value in parallel.fetch(got).items():
+      np.testing.assert_allclose(value, expected[name], rtol=1e-5,
+                                 err_msg=f"{name} at step {step}")
