@@ -324,8 +324,9 @@ def _rows(args):
                         data, mesh, args.xla_options, args.profile_dir,
                         args.profile_steps)
       except Exception as e:  # pylint: disable=broad-except
-        # One model's failure (a bad name, out of memory at a big batch)
-        # must not lose the others' numbers.
+        # One model's failure (out of memory at a big batch, a failed
+        # compile) must not lose the others' numbers. Bad names were
+        # refused by parse_args.
         error = f"{type(e).__name__}: {e}"[:500]
       for mode in modes:
         result = dict(row, mode=labels[mode])
