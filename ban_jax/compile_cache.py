@@ -50,7 +50,6 @@ def enable(setting: str, workdir: str | os.PathLike) -> str | None:
   Must run before the train step is compiled. Raises ConfigError when the
   folder cannot be made.
   """
-  global _set_here
   current = jax.config.jax_compilation_cache_dir
   if current and current != _set_here:
     logging.info("Compilation cache: %s (set through JAX, which takes "
