@@ -33,13 +33,22 @@ def _quiet_orbax(record) -> bool:
   return record.levelno > std_logging.INFO or "/orbax/" not in record.pathname
 
 
-def _load_config_file(argv: list[str]):
-  """The config named by --config, without overrides (for error messages)."""
+def _config_spec(argv: list[str]) -> tuple[str, str] | None:
+  """(path, argument) of `--config=PATH[:ARGUMENT]`, or None if absent."""
   spec = next((a.split("=", 1)[1] for a in argv
                if a.startswith("--config=")), None)
   if spec is None:
     return None
   path, _, argument = spec.partition(":")
+  return path, argument
+
+
+def _load_config_file(argv: list[str]):
+  """The config named by --config, without overrides (for error messages)."""
+  spec = _config_spec(argv)
+  if spec is None:
+    return None
+  path, argument = spec
   module_spec = importlib.util.spec_from_file_location("_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -70,11 +79,10 @@ def unknown_field_message(argv: list[str]) -> str | None:
 
 def missing_config_message(argv: list[str]) -> str | None:
   """Names a --config file that does not exist, and where configs are."""
-  spec = next((a.split("=", 1)[1] for a in argv
-               if a.startswith("--config=")), None)
+  spec = _config_spec(argv)
   if spec is None:
     return None
-  path = spec.partition(":")[0]
+  path = spec[0]
   if os.path.isfile(path):
     return None
   return (f"ERROR: config file {path!r} not found (relative paths are from "

@@ -95,19 +95,10 @@ def copy_stem_classifier(params, teacher_params):
   return params
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def _settings(config_dict: dict[str, Any]) -> dict[str, Any]:
   """Dotted field -> JSON value, less the fields a rerun may change."""
-  flat = _flatten(json.loads(json.dumps(config_dict)))  # Tuples -> lists.
+  # Through JSON first: tuples become lists, as in a saved config.json.
+  flat = validation.flat_fields(json.loads(json.dumps(config_dict)))
   return {k: v for k, v in flat.items() if k not in RERUN_SAFE_FIELDS}
 
 
@@ -271,11 +262,6 @@ def ensembles(config, generations: list[Generation],
   return out
 
 
-def seeds(config) -> list[int]:
-  """The seeds to run the chain with: config.seeds, else config.seed."""
-  return list(config.get("seeds", ()) or ()) or [config.seed]
-
-
 def _config_for_seed(config, seed: int):
   config = config.copy_and_resolve_references()
   config.seed = seed
@@ -340,7 +326,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   # Shared by the seeds too: one compilation per (student, teacher) pair.
   trainers = {}
   per_seed = []
-  run_seeds = seeds(config)
+  run_seeds = validation.seed_list(config)
   for i, seed in enumerate(run_seeds):
     if len(run_seeds) > 1:
       logging.info("Seed %d (%d of %d).", seed, i + 1, len(run_seeds))

@@ -14,6 +14,7 @@ configs built in Python, where a typo silently adds a new field.
 """
 
 import difflib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -66,14 +67,20 @@ DATASET_SHAPES = {
 _REFERENCE_SIDE = 1024
 
 
-def _field_paths(config, prefix: str = "") -> list[str]:
-  paths = []
+def flat_fields(config, prefix: str = "") -> dict[str, Any]:
+  """Dotted field name -> value, of a ConfigDict or a nested dict."""
+  flat = {}
   for key, value in config.items():
     if hasattr(value, "items"):
-      paths += _field_paths(value, f"{prefix}{key}.")
+      flat.update(flat_fields(value, f"{prefix}{key}."))
     else:
-      paths.append(f"{prefix}{key}")
-  return paths
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def seed_list(config) -> list[int]:
+  """The seeds to run the chain with: config.seeds, else config.seed."""
+  return list(config.get("seeds", ()) or ()) or [config.seed]
 
 
 def check_fields(config, known=KNOWN_FIELDS) -> None:
@@ -82,7 +89,7 @@ def check_fields(config, known=KNOWN_FIELDS) -> None:
   A field that is unknown but close to no known field may be someone's new
   setting: it gets a warning, not an error.
   """
-  for path in _field_paths(config):
+  for path in flat_fields(config):
     if path in known:
       continue
     close = difflib.get_close_matches(path, known, n=1, cutoff=0.8)
@@ -160,7 +167,7 @@ def _xla_options(text: str) -> None:
 
 
 def _seeds(config) -> None:
-  seeds = list(config.get("seeds", ()) or ()) or [config.seed]
+  seeds = seed_list(config)
   for seed in seeds:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
       raise ConfigError(
