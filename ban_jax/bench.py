@@ -83,12 +83,18 @@ def _base_config_path() -> str:
 def load_config(path: str):
   """A full experiment config from a configs/*.py file (every field the
   trainer reads), to be overridden with the benchmark's recipe."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import importlib.machinery
+  import importlib.util
+  # pylint: enable=g-import-not-at-top
   # Config files import each other as `configs.<name>`.
   root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
   if root not in sys.path:
     sys.path.insert(0, root)
-  spec = importlib.util.spec_from_file_location("_bench_base_config", path)
+  # Any file name, as Python source (as ml_collections reads --config).
+  spec = importlib.util.spec_from_loader(
+      "_bench_base_config",
+      importlib.machinery.SourceFileLoader("_bench_base_config", path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
@@ -428,8 +434,8 @@ def parse_args(argv=None):
       help="train steps scanned in one compiled call (default: the "
       "config's steps_per_call)")
   add("--dtype", default="auto",
-      help="compute dtype: auto (bf16 on GPU/TPU, fp32 on CPU), bfloat16, "
-      "float32")
+      help="compute dtype: auto (bf16 on GPU/TPU, fp32 on CPU), float32, "
+      "bfloat16, float16")
   add("--image_size", type=int, default=32, help="square image side")
   add("--num_classes", type=int, default=100)
   add("--num_examples", type=int, default=50_000,
@@ -474,19 +480,42 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
     except ValueError as e:
       parser.error(f"--models: {e}")
   try:
-    [int(b) for b in _names(args.batch_sizes)]
+    batches = [int(b) for b in _names(args.batch_sizes)]
   except ValueError:
     parser.error(f"--batch_sizes={args.batch_sizes!r}: use integers, e.g. "
                  "128,256.")
-  for flag in ("steps", "warmup", "num_examples", "image_size", "num_classes"):
-    if getattr(args, flag) < (0 if flag == "warmup" else 1):
+  if not batches or min(batches) < 1:
+    parser.error(f"--batch_sizes={args.batch_sizes!r}: use positive "
+                 "integers, e.g. 128,256.")
+  at_least_0 = ("warmup", "steps_per_call", "devices", "profile_steps")
+  for flag in ("steps", "num_examples", "image_size", "num_classes",
+               *at_least_0):
+    if getattr(args, flag) < (0 if flag in at_least_0 else 1):
       parser.error(f"--{flag}={getattr(args, flag)} is too small.")
+  if args.dtype not in ("auto", *DTYPE_LABELS):
+    parser.error(f"--dtype={args.dtype!r}: use auto, "
+                 f"{', '.join(DTYPE_LABELS)}.")
+  try:
+    load_config(args.config)
+  except Exception as e:  # pylint: disable=broad-except
+    parser.error(f"--config={args.config!r} cannot be loaded: "
+                 f"{type(e).__name__}: {e}. Pass a configs/*.py file.")
+  if args.compare:
+    # Read now, not after the benchmark: a typo must not cost the table.
+    try:
+      _read_peer(args.compare)
+    except (OSError, ValueError) as e:
+      parser.error(f"--compare={args.compare!r}: {e}. Pass the JSON lines "
+                   "that peer_torch.py printed.")
 
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  distributed.initialize(args.coordinator_address, args.num_processes,
-                         args.process_id)
+  try:
+    distributed.initialize(args.coordinator_address, args.num_processes,
+                           args.process_id)
+  except ValueError as e:  # A partial or malformed multi-process setting.
+    sys.exit(f"ERROR: {e}")
   speak = jax.process_index() == 0
   rows = []
   for row in _rows(args):

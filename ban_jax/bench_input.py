@@ -74,11 +74,21 @@ def main(argv=None) -> None:
   parser.add_argument("--num_examples", type=int, default=50_000,
                       help="size of the device-resident training set")
   args = parser.parse_args(argv)
+  try:
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+  except ValueError:
+    batch_sizes = []
+  if not all(1 <= b <= args.num_examples for b in batch_sizes) or (
+      not batch_sizes):
+    parser.error(f"--batch_sizes={args.batch_sizes!r}: use integers in [1, "
+                 f"--num_examples={args.num_examples}], e.g. 128,512.")
+  if args.steps < 1 or args.warmup < 0:
+    parser.error("--steps must be at least 1 and --warmup at least 0.")
 
   rng = np.random.default_rng(0)
   images = jax.device_put(rng.integers(
       0, 256, (args.num_examples, 32, 32, 3), dtype=np.uint8))
-  for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+  for batch_size in batch_sizes:
     img_per_s = bench(images, batch_size, args.steps, args.warmup)
     print(json.dumps({"impl": "ban_jax", "model": "input", "mode": "augment",
                       "batch": batch_size,

@@ -8,6 +8,7 @@ end the program with one message that says what is wrong and how to fix
 it, and a non-zero exit status; nothing already on disk is touched.
 """
 
+import importlib.machinery
 import importlib.util
 import logging as std_logging
 import os
@@ -26,6 +27,11 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints and reports; rerunning with "
     "the same workdir continues where the last run stopped.")
 flags.mark_flags_as_required(["config", "workdir"])
+# An unset shell variable (--workdir=$DIR) would otherwise mean the cwd.
+flags.register_validator(
+    "workdir", lambda value: value is None or bool(value.strip()),
+    message="--workdir is empty; name the run's folder, e.g. "
+    "--workdir=runs/digits.")
 
 
 def _quiet_orbax(record) -> bool:
@@ -34,9 +40,14 @@ def _quiet_orbax(record) -> bool:
 
 
 def _config_spec(argv: list[str]) -> tuple[str, str] | None:
-  """(path, argument) of `--config=PATH[:ARGUMENT]`, or None if absent."""
-  spec = next((a.split("=", 1)[1] for a in argv
-               if a.startswith("--config=")), None)
+  """(path, argument) of `--config=PATH[:ARGUMENT]` (or `--config PATH`, as
+  absl also takes it; the last one counts), or None if absent."""
+  spec = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      spec = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      spec = argv[i + 1]
   if spec is None:
     return None
   path, _, argument = spec.partition(":")
@@ -49,7 +60,9 @@ def _load_config_file(argv: list[str]):
   if spec is None:
     return None
   path, argument = spec
-  module_spec = importlib.util.spec_from_file_location("_config", path)
+  # As ml_collections reads it: any file name, as Python source.
+  loader = importlib.machinery.SourceFileLoader("_config", path)
+  module_spec = importlib.util.spec_from_loader("_config", loader)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(argument) if argument else module.get_config()
@@ -90,6 +103,24 @@ def missing_config_message(argv: list[str]) -> str | None:
           "folder, e.g. --config=configs/cifar100.py.")
 
 
+def config_file_message(argv: list[str]) -> str | None:
+  """Says why the --config file cannot be loaded (syntax, imports, no
+  get_config), or None if it loads."""
+  spec = _config_spec(argv)
+  if spec is None:
+    return None
+  try:
+    _load_config_file(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, AttributeError) and "'get_config'" in str(e):
+      return (f"ERROR: config file {spec[0]!r} has no get_config(). Pass a "
+              "config file, e.g. --config=configs/cifar100.py.")
+    return (f"ERROR: config file {spec[0]!r} cannot be loaded: "
+            f"{type(e).__name__}: {e}. Fix it, or pass one of the "
+            "repository's configs/, e.g. --config=configs/digits.py.")
+  return None
+
+
 def _without_traceback(message: str) -> str:
   """ml_collections puts the config file's traceback into its flag error."""
   lines = [line for line in message.splitlines() if line.strip()]
@@ -109,24 +140,37 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"FATAL Flags parsing error: {_without_traceback(str(e))}\n"
              "Pass --help for usage.")
   except (AttributeError, KeyError) as e:  # ml_collections: unknown field.
-    sys.exit(unknown_field_message(argv) or f"Bad config override: {e}")
+    sys.exit(unknown_field_message(argv) or config_file_message(argv)
+             or f"Bad config override: {e}")
+  except Exception:  # pylint: disable=broad-except
+    # The config file itself failed (a syntax error, an import, an error in
+    # get_config); ml_collections passes that on with its traceback.
+    message = config_file_message(argv)
+    if message is None:
+      raise
+    sys.exit(message)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(f"ERROR: unexpected arguments {' '.join(argv[1:])!r}: every "
+             "setting is a flag, e.g. --config.num_epochs=2.")
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # Imported here so that `--help` and flag errors come back at once.
   # pylint: disable=g-import-not-at-top
   from ban_jax import distributed
   from ban_jax import pipeline
   from ban_jax import validation
+  from ban_jax.data import cifar
   # pylint: enable=g-import-not-at-top
-  distributed.initialize()
+  try:
+    distributed.initialize()
+  except ValueError as e:  # A partial or malformed multi-process setting.
+    sys.exit(f"ERROR: {e}")
   try:
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except (validation.ConfigError, FileNotFoundError, FloatingPointError,
-          pickle.UnpicklingError) as e:
+          pickle.UnpicklingError, cifar.UnreadableDataError) as e:
     # The message says what went wrong, where, and how to go on.
     sys.exit(f"ERROR: {e}")
   logging.info("Wrote %s/results.json, results.md and results.png.",

@@ -123,23 +123,37 @@ def _check_workdir_config(workdir: epath.Path, config) -> None:
   path = workdir / "config.json"
   current = _settings(config.to_dict())
   if path.exists():
-    saved = _settings(json.loads(path.read_text()))
+    try:
+      saved = _settings(json.loads(path.read_text()))
+    except ValueError as e:  # Edited, or cut short by an older version.
+      saved, unreadable = None, f"{path} cannot be read ({e})"
     if saved == current:
       return
-    changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k))
-    if _has_trained(workdir):
-      described = "; ".join(
-          f"{k}: {saved.get(k, '(unset)')!r} there, "
-          f"{current.get(k, '(unset)')!r} now" for k in changed)
-      raise validation.ConfigError(
-          f"{workdir} holds generations trained with other settings "
-          f"({described}). Use a new --workdir, or rerun with the settings "
-          f"in {path}.")
-    logging.info("%s trained nothing yet; its config.json is replaced "
-                 "(changed: %s).", workdir, ", ".join(changed))
+    if saved is None:
+      if _has_trained(workdir):
+        raise validation.ConfigError(
+            f"{unreadable}, so the settings of the generations trained in "
+            f"{workdir} cannot be checked. Restore it (results.json keeps a "
+            "copy under \"config\" once a run has finished), or use a new "
+            "--workdir.")
+      logging.warning("%s; nothing was trained there yet, so it is "
+                      "replaced.", unreadable)
+    else:
+      changed = sorted(k for k in set(saved) | set(current)
+                       if saved.get(k) != current.get(k))
+      if _has_trained(workdir):
+        described = "; ".join(
+            f"{k}: {saved.get(k, '(unset)')!r} there, "
+            f"{current.get(k, '(unset)')!r} now" for k in changed)
+        raise validation.ConfigError(
+            f"{workdir} holds generations trained with other settings "
+            f"({described}). Use a new --workdir, or rerun with the "
+            f"settings in {path}.")
+      logging.info("%s trained nothing yet; its config.json is replaced "
+                   "(changed: %s).", workdir, ", ".join(changed))
   if jax.process_index() == 0:
-    path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    report.write_atomically(path, json.dumps(config.to_dict(), indent=2)
+                            + "\n")
 
 
 def _log_epoch(generation: int, num_epochs: int):
@@ -241,7 +255,7 @@ def run_generation(config, index: int, teacher: Generation | None,
       "test_metrics": metrics, "history": progress.get("history", []),
   }
   if jax.process_index() == 0:
-    result_path.write_text(json.dumps(result, indent=2) + "\n")
+    report.write_atomically(result_path, json.dumps(result, indent=2) + "\n")
   logging.info("Generation %d (%s, %s): test error %.2f%%.", index, name,
                result["loss"], result["test_error"])
   return Generation(index, student, state.variables, logits, result)

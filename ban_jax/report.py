@@ -176,8 +176,8 @@ def plot(results: dict[str, Any]) -> bytes:
   return buffer.getvalue()
 
 
-def _write_atomically(path: epath.Path, data: str | bytes) -> None:
-  # A run killed while writing leaves the old file, never half a new one.
+def write_atomically(path: epath.Path, data: str | bytes) -> None:
+  """A run killed while writing leaves the old file, never half a new one."""
   tmp = path.parent / f".{path.name}.tmp"
   if isinstance(data, bytes):
     tmp.write_bytes(data)
@@ -189,10 +189,10 @@ def _write_atomically(path: epath.Path, data: str | bytes) -> None:
 def write(workdir: epath.Path, results: dict[str, Any]) -> None:
   """results.json, results.md and results.png in `workdir`."""
   workdir = epath.Path(workdir)
-  _write_atomically(workdir / "results.json",
-                    json.dumps(results, indent=2, default=_jsonable) + "\n")
-  _write_atomically(workdir / "results.md", markdown(results))
-  _write_atomically(workdir / "results.png", plot(results))
+  write_atomically(workdir / "results.json",
+                   json.dumps(results, indent=2, default=_jsonable) + "\n")
+  write_atomically(workdir / "results.md", markdown(results))
+  write_atomically(workdir / "results.png", plot(results))
 
 
 def _jsonable(x):

@@ -150,6 +150,9 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=1,
                       help="traced steps per trace; times are divided by it")
   args = parser.parse_args(argv)
+  if not os.path.isdir(args.directory):
+    parser.error(f"{args.directory} is not a directory; pass the "
+                 "--profile_dir of a `python -m ban_jax.bench` run.")
   print(summarize_dir(args.directory, args.top, args.steps))
 
 

@@ -52,6 +52,16 @@ def test_bench_prints_json_lines_and_a_table(tmp_path):
      "--modes='step,bogus': use any of step, step+aug, epoch."),
     (["--batch_sizes=128,big"], "--batch_sizes='128,big': use integers"),
     (["--steps=0"], "--steps=0 is too small."),
+    (["--batch_sizes=128,0"],
+     "--batch_sizes='128,0': use positive integers, e.g. 128,256."),
+    (["--steps_per_call=-1"], "--steps_per_call=-1 is too small."),
+    (["--devices=-1"], "--devices=-1 is too small."),
+    (["--dtype=fp8"], "--dtype='fp8': use auto, float32, bfloat16, float16."),
+    (["--config=configs/nope.py"],
+     "--config='configs/nope.py' cannot be loaded: FileNotFoundError"),
+    # Read before the benchmark: a typo here must not cost the table.
+    (["--compare=nope.jsonl"], "--compare='nope.jsonl': [Errno 2] No such "
+     "file or directory: 'nope.jsonl'. Pass the JSON lines"),
 ])
 def test_bad_flags_stop_before_any_compute(capsys, flags, message):
   with pytest.raises(SystemExit) as stop:

@@ -445,7 +445,7 @@ def test_tfds_prepared_as_tfrecord_says_how_to_rebuild(tmp_path):
   data_dir = tmp_path / "tfds"
   _prepare_tfds(data_dir, "cifar100", n_train=2, n_test=2,
                 file_format="tfrecord")
-  with pytest.raises(RuntimeError) as err:
+  with pytest.raises(cifar.UnreadableDataError) as err:
     cifar.load("cifar100", _config(data_dir=str(data_dir)))
   message = str(err.value)
   assert "tfrecord" in message and "pip install -e '.[prepare]'" in message
@@ -694,3 +694,17 @@ def test_bench_input_prints_one_json_line_per_batch(capsys):
     assert (r["impl"], r["model"], r["mode"]) == ("ban_jax", "input",
                                                   "augment")
     assert r["img_per_s"] > 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch_sizes=0"], "--batch_sizes='0': use integers in [1, "
+     "--num_examples=50000]"),
+    (["--batch_sizes=128", "--num_examples=64"], "--num_examples=64]"),
+    (["--steps=0"], "--steps must be at least 1"),
+])
+def test_bench_input_refuses_bad_flags_before_any_compute(capsys, flags,
+                                                          message):
+  with pytest.raises(SystemExit) as stop:
+    bench_input_main(flags)
+  assert stop.value.code == 2
+  assert message in capsys.readouterr().err

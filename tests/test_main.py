@@ -77,3 +77,83 @@ def test_cifar_configs_load_from_any_working_directory(tmp_path):
   assert run.returncode != 0
   assert "ModuleNotFoundError" not in run.stderr
   assert "ERROR: " in run.stderr and "CIFAR-10" in run.stderr
+
+
+def test_config_files_that_do_not_load(tmp_path):
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(:\n")
+  syntax = _run(f"--config={broken}", f"--workdir={tmp_path / 'w'}")
+  assert syntax.returncode != 0
+  assert syntax.stderr.strip().startswith(
+      f"ERROR: config file '{broken}' cannot be loaded: SyntaxError: ")
+  assert len(syntax.stderr.strip().splitlines()) == 1
+
+  no_get_config = _run("--config=configs/cifar_base.py",
+                       f"--workdir={tmp_path / 'w'}")
+  assert no_get_config.returncode != 0
+  assert no_get_config.stderr.strip() == (
+      "ERROR: config file 'configs/cifar_base.py' has no get_config(). Pass "
+      "a config file, e.g. --config=configs/cifar100.py.")
+  assert not (tmp_path / "w").exists()
+
+
+def test_an_empty_workdir_is_refused_not_taken_as_the_cwd(tmp_path):
+  # --workdir=$DIR with DIR unset.
+  empty = _run(f"--config={ROOT}/configs/digits.py", "--workdir=",
+               cwd=tmp_path)
+  assert empty.returncode != 0
+  assert "--workdir is empty; name the run's folder" in empty.stderr
+  assert not list(tmp_path.iterdir())
+
+
+def test_config_given_as_two_words_gets_the_same_messages(tmp_path):
+  # absl takes `--config PATH` as well as `--config=PATH`.
+  missing = _run("--config", "configs/nope.py", "--workdir", str(tmp_path))
+  assert missing.returncode != 0
+  assert missing.stderr.strip().startswith(
+      "ERROR: config file 'configs/nope.py' not found")
+
+  typo = _run("--config", "configs/digits.py", "--workdir", str(tmp_path),
+              "--config.num_generatons=2")
+  assert typo.returncode != 0
+  assert typo.stderr.strip().startswith(
+      "Unknown config field config.num_generatons")
+  assert "Traceback" not in missing.stderr + typo.stderr
+
+
+def test_unreadable_archive_is_one_message(tmp_path):
+  archive = tmp_path / "cifar-10-python.tar.gz"
+  archive.write_bytes(b"not a tar")
+  run = _run("--config=configs/cifar10.py:smoke",
+             f"--workdir={tmp_path / 'run'}",
+             f"--config.data.archive_path={archive}")
+  assert run.returncode != 0
+  errors = [line for line in run.stderr.splitlines()
+            if line[:1] not in "IW"]  # absl's INFO and WARNING lines.
+  assert errors == [line for line in errors if line.startswith("ERROR: ")]
+  assert len(errors) == 1, run.stderr[-3000:]
+  assert f"Could not read {archive} as a tar archive" in errors[0]
+  assert "Download cifar-10-python.tar.gz again" in errors[0]
+
+
+def test_malformed_multi_process_setting_is_one_message(tmp_path):
+  run = subprocess.run(
+      [sys.executable, "-m", "ban_jax.main", "--config=configs/digits.py",
+       f"--workdir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
+      text=True, timeout=120,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "BAN_JAX_DISTRIBUTED": "2"})
+  assert run.returncode != 0
+  assert run.stderr.strip().splitlines()[-1] == (
+      "ERROR: $BAN_JAX_DISTRIBUTED='2': use 0, 1 or auto.")
+  assert "Traceback" not in run.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_stray_arguments_are_one_message(tmp_path):
+  stray = _run("--config=configs/digits.py", f"--workdir={tmp_path / 'w'}",
+               "configs/digits.py")
+  assert stray.returncode != 0
+  assert stray.stderr.strip() == (
+      "ERROR: unexpected arguments 'configs/digits.py': every setting is a "
+      "flag, e.g. --config.num_epochs=2.")
+  assert not (tmp_path / "w").exists()

@@ -251,6 +251,27 @@ def test_a_workdir_binds_its_settings_once_a_generation_is_checkpointed(
   check(workdir, moved)
 
 
+def test_an_unreadable_config_json(tmp_path):
+  check = pipeline._check_workdir_config  # pylint: disable=protected-access
+  workdir = epath.Path(tmp_path)
+  (tmp_path / "config.json").write_text('{"seed": 0, "data": {"na')
+  # Nothing trained there yet: it is replaced, as a changed one would be.
+  check(workdir, tiny_config())
+  assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
+  assert not list(tmp_path.glob(".*.tmp"))  # Written whole, then renamed.
+
+  # With a generation trained, the settings cannot be checked: refused.
+  (tmp_path / "config.json").write_text("")
+  (tmp_path / "seed_0" / "gen_0" / "checkpoints" / "21").mkdir(parents=True)
+  with pytest.raises(validation.ConfigError) as error:
+    check(workdir, tiny_config())
+  assert str(error.value).startswith(
+      f"{tmp_path}/config.json cannot be read (Expecting value: line 1 "
+      f"column 1 (char 0)), so the settings of the generations trained in "
+      f"{tmp_path} cannot be checked. Restore it")
+  assert (tmp_path / "config.json").read_text() == ""  # Left as it was.
+
+
 def test_a_run_that_fails_before_training_leaves_the_workdir_usable(
     tmp_path):
   too_big = tiny_config()

@@ -76,3 +76,10 @@ def test_summarize_dir_reads_traces_under_it(tmp_path, capsys):
   assert "0.006 ms  x1      loop_add_fusion" in out
   assert "No *.trace.json.gz" in trace_summary.summarize_dir(
       str(tmp_path / "empty"))
+
+
+def test_a_missing_directory_is_an_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as stop:
+    trace_summary.main([str(tmp_path / "nope")])
+  assert stop.value.code == 2
+  assert f"{tmp_path / 'nope'} is not a directory" in capsys.readouterr().err

@@ -129,6 +129,11 @@ class UnsafePickleError(pickle.UnpicklingError):
   """A CIFAR pickle asked for something other than numpy arrays."""
 
 
+class UnreadableDataError(ValueError):
+  """The data is there but cannot be read (a damaged or wrong archive, a
+  TFDS format that needs TensorFlow); the message says how to fix it."""
+
+
 class _ForbiddenCall(Exception):
   """Raised by an allowed global called in a way no CIFAR file calls it."""
 
@@ -152,6 +157,8 @@ def load(name: str, data_config, *, process_index: int | None = None,
       it looked and how to get the data there.
     UnsafePickleError: an archive file asks the unpickler for anything but
       numpy arrays.
+    UnreadableDataError: the data found cannot be read; the message says
+      how to get a readable copy.
   """
   if name not in _SPECS:
     raise ValueError(f"Unknown CIFAR variant {name!r}; expected one of "
@@ -349,7 +356,7 @@ def _load_tfds_with_tensorflow(spec, builder, data_dir, process_index,
   try:
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
-    raise RuntimeError(
+    raise UnreadableDataError(
         f"TFDS '{spec.name}' in {builder.data_dir} was prepared in the "
         "tfrecord format, which only TensorFlow can read, and TensorFlow is "
         "not installed. Either install it:\n"
@@ -453,12 +460,13 @@ def _read_tar(spec, tar_path, wanted) -> dict[str, Any]:
           files[members[name]] = restricted_load(tar.extractfile(member),
                                                  where)
   except (tarfile.TarError, EOFError, OSError) as e:
-    raise ValueError(f"Could not read {tar_path} as a tar archive ({e}). "
-                     f"Download {spec.archive_name} again from "
-                     f"{CIFAR_URL}.") from e
+    reason = " ".join(str(e).split())  # tarfile's own text has newlines.
+    raise UnreadableDataError(
+        f"Could not read {tar_path} as a tar archive ({reason}). Download "
+        f"{spec.archive_name} again from {CIFAR_URL}.") from e
   missing = [m for m, f in members.items() if f not in files]
   if missing:
-    raise ValueError(
+    raise UnreadableDataError(
         f"{tar_path} has no {', '.join(missing)}: is it the {spec.title} "
         f"python archive ({spec.archive_name} from {CIFAR_URL})?")
   return files
@@ -468,21 +476,23 @@ def _batch_arrays(spec, batch, where) -> tuple[np.ndarray, np.ndarray]:
   """One unpickled batch dict -> uint8 NHWC images and int32 labels."""
   if not isinstance(batch, dict) or b"data" not in batch or (
       spec.label_key not in batch):
-    raise ValueError(f"{where} is not a {spec.title} batch: expected a dict "
-                     f"with keys b'data' and {spec.label_key!r}.")
+    raise UnreadableDataError(
+        f"{where} is not a {spec.title} batch: expected a dict with keys "
+        f"b'data' and {spec.label_key!r}.")
   data = batch[b"data"]
   size = int(np.prod(IMAGE_SHAPE))
   if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or
       data.ndim != 2 or data.shape[1] != size):
-    raise ValueError(f"{where}: b'data' should be a uint8 array of shape "
-                     f"(N, {size}), got {getattr(data, 'dtype', type(data))} "
-                     f"{getattr(data, 'shape', '')}.")
+    raise UnreadableDataError(
+        f"{where}: b'data' should be a uint8 array of shape (N, {size}), got "
+        f"{getattr(data, 'dtype', type(data))} {getattr(data, 'shape', '')}.")
   labels = np.asarray(batch[spec.label_key])
   if (labels.shape != (len(data),) or labels.dtype.kind not in "iu" or
       (labels.size and (labels.min() < 0 or
                         labels.max() >= spec.num_classes))):
-    raise ValueError(f"{where}: {spec.label_key!r} should be {len(data)} "
-                     f"integers in [0, {spec.num_classes}).")
+    raise UnreadableDataError(
+        f"{where}: {spec.label_key!r} should be {len(data)} integers in "
+        f"[0, {spec.num_classes}).")
   # Rows are stored channel-major (all red, then green, then blue, each 32x32
   # row-major); the models take NHWC.
   height, width, channels = IMAGE_SHAPE
@@ -493,8 +503,9 @@ def _batch_arrays(spec, batch, where) -> tuple[np.ndarray, np.ndarray]:
 def _label_names(spec, meta, where) -> tuple[str, ...]:
   names = meta.get(spec.names_key) if isinstance(meta, dict) else None
   if not isinstance(names, list) or len(names) != spec.num_classes:
-    raise ValueError(f"{where}: expected {spec.num_classes} label names "
-                     f"under {spec.names_key!r}.")
+    raise UnreadableDataError(
+        f"{where}: expected {spec.num_classes} label names under "
+        f"{spec.names_key!r}.")
   return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n)
                for n in names)
 
@@ -573,7 +584,7 @@ def restricted_load(file: BinaryIO | bytes, where: str) -> Any:
 
   Raises:
     UnsafePickleError: the pickle asks for any other Python global.
-    ValueError: the file is not a readable pickle.
+    UnreadableDataError: the file is not a readable pickle.
   """
   if isinstance(file, (bytes, bytearray)):
     file = io.BytesIO(file)
@@ -587,8 +598,9 @@ def restricted_load(file: BinaryIO | bytes, where: str) -> Any:
                             f"archive again from {CIFAR_URL}.") from None
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError,
           AttributeError, IndexError, KeyError) as e:
-    raise ValueError(f"Could not unpickle {where}: {type(e).__name__}: {e}. "
-                     f"Download the archive again from {CIFAR_URL}.") from e
+    raise UnreadableDataError(
+        f"Could not unpickle {where}: {type(e).__name__}: {e}. Download the "
+        f"archive again from {CIFAR_URL}.") from e
 
 
 # ---------------------------------------------------------------------------
