@@ -319,10 +319,13 @@ def validate(config) -> None:
         f"config.num_generations must be >= 1 (a teacher and at least one "
         f"born-again generation), got {config.num_generations}.")
   for size in config.ensemble_sizes:
-    if not 2 <= size <= config.num_generations:
+    # A float (2.0) would pass the range check and fail only once the whole
+    # chain has trained, slicing the generations.
+    if (isinstance(size, bool) or not isinstance(size, int)
+        or not 2 <= size <= config.num_generations):
       raise ConfigError(
-          f"config.ensemble_sizes has {size}: an ensemble Ens*k averages "
-          f"generations 1..k, so k must be in 2..num_generations="
+          f"config.ensemble_sizes has {size!r}: an ensemble Ens*k averages "
+          f"generations 1..k, so k must be an integer in 2..num_generations="
           f"{config.num_generations}.")
   if len(set(config.ensemble_sizes)) != len(config.ensemble_sizes):
     raise ConfigError(

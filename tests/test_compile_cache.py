@@ -35,6 +35,9 @@ def test_cache_path_relative_absolute_home_and_off(tmp_path, monkeypatch):
   assert compile_cache.cache_path(str(tmp_path / "shared"), "run") == (
       tmp_path / "shared")
   assert compile_cache.cache_path("~/xla", "run") == tmp_path / "home" / "xla"
+  monkeypatch.setenv("BAN_JAX_TEST_CACHE", str(tmp_path / "scratch"))
+  assert compile_cache.cache_path("$BAN_JAX_TEST_CACHE/xla", "run") == (
+      tmp_path / "scratch" / "xla")
   assert compile_cache.cache_path("", tmp_path) is None
 
 
@@ -56,12 +59,26 @@ def test_enable_writes_compiled_programs_into_the_workdir(
   jax.jit(lambda x: x * 3.25 + 17.0)(jnp.ones(3)).block_until_ready()
   assert os.listdir(folder)
 
-  # A second run in the same process may move the cache, or turn it off.
+  # A second run in the same process may move the cache, or turn it off,
+  # and JAX follows: new programs go to the new folder, then to none.
   other = tmp_path / "other"
   assert compile_cache.enable(str(other), tmp_path) == str(other)
   assert jax.config.jax_compilation_cache_dir == str(other)
+  jax.jit(lambda x: x * 4.25 + 19.0)(jnp.ones(3)).block_until_ready()
+  written = os.listdir(other)
+  assert written
   assert compile_cache.enable("", tmp_path) is None
   assert jax.config.jax_compilation_cache_dir is None
+  jax.jit(lambda x: x * 5.25 + 23.0)(jnp.ones(3)).block_until_ready()
+  assert os.listdir(other) == written
+
+
+def test_enable_makes_missing_parents_and_reuses_a_folder(
+    tmp_path, no_jax_cache):  # pylint: disable=unused-argument
+  folder = tmp_path / "caches" / "xla"
+  for _ in range(2):  # A rerun finds the folder there: no error.
+    assert compile_cache.enable("caches/xla", tmp_path) == str(folder)
+    assert folder.is_dir()
 
 
 def test_a_folder_that_cannot_be_made_is_a_config_error(

@@ -33,6 +33,23 @@ def test_attention_map_hand_values():
   np.testing.assert_allclose(jax.jit(fl.attention_map)(Y)[0], [1, 0, 0, 0])
 
 
+def test_attention_map_of_small_features_is_still_unit_norm():
+  # Norm of the flattened map 1e-8 (features 1e-4): far above the 1e-12
+  # clamp on the norm, so it is normalised like any other map.
+  a = jax.jit(fl.attention_map)(1e-4 * X)
+  np.testing.assert_allclose(a[0], A_X, rtol=1e-5)
+
+
+def test_attention_map_computes_in_float32():
+  # Squared and normalised in bfloat16 (8 significant bits), the map would
+  # be off by ~1e-3; upcast first, it is the float32 map of the same values.
+  x16 = jnp.asarray(X * 1.01, jnp.bfloat16)
+  a = jax.jit(fl.attention_map)(x16)
+  chex.assert_type(a, jnp.float32)
+  np.testing.assert_allclose(
+      a, fl.attention_map(np.asarray(x16, np.float32)), rtol=1e-6)
+
+
 def test_attention_map_of_zeros_is_zero_with_finite_gradient():
   zeros = np.zeros((1, 2, 2, 3), np.float32)
   np.testing.assert_array_equal(jax.jit(fl.attention_map)(zeros), 0.0)
@@ -68,8 +85,13 @@ def test_attention_transfer_teacher_gets_no_gradient_student_does():
 def test_attention_transfer_checks_shapes():
   with pytest.raises(ValueError, match="spatial"):
     fl.attention_transfer_loss([X], [np.zeros((1, 4, 4, 2), np.float32)])
-  with pytest.raises(ValueError):
+  # A batch of one would broadcast against the student's batch of two.
+  with pytest.raises(ValueError, match="Stage 0: .* differ in batch"):
+    fl.attention_transfer_loss([np.concatenate([X, X])], [X])
+  with pytest.raises(ValueError, match="Got 2 student and 1 teacher"):
     fl.attention_transfer_loss([X, X], [X])
+  with pytest.raises(ValueError, match="Got 1 student and 2 teacher"):
+    fl.attention_transfer_loss([X], [X, X])
 
 
 def test_fsp_matrix_hand_values():
@@ -95,6 +117,19 @@ def test_fsp_matrix_pools_the_larger_map():
                              rtol=1e-6)
   with pytest.raises(ValueError, match="divide"):
     fl.fsp_matrix(np.ones((1, 3, 3, 1)), np.ones((1, 2, 2, 1)))
+  # Heights divide, widths do not.
+  with pytest.raises(ValueError, match="Cannot average-pool 2x3 down to 2x2"):
+    fl.fsp_matrix(np.ones((1, 2, 3, 1)), np.ones((1, 2, 2, 1)))
+
+
+def test_fsp_matrix_pools_height_and_width_separately():
+  # start (4x2) is pooled to end's 2x1: each cell averages a 2x2 window.
+  start = np.arange(8, dtype=np.float32).reshape(1, 4, 2, 1)
+  end = np.array([1.0, -1.0], np.float32).reshape(1, 2, 1, 1)
+  # Means of [[0, 1], [2, 3]] and [[4, 5], [6, 7]]: 1.5 and 5.5.
+  # G = (1.5 * 1 + 5.5 * -1) / 2 = -2.
+  np.testing.assert_allclose(jax.jit(fl.fsp_matrix)(start, end), [[[-2.0]]],
+                             rtol=1e-6)
 
 
 def test_fsp_loss_hand_value():
@@ -179,6 +214,16 @@ def test_stage_features_errors():
                        "sub": {"stage0_in": (x,)}})
   with pytest.raises(ValueError, match="No stage"):
     fl.stage_features({"logits": (x,)})
+
+
+def test_stage_features_matches_whole_names_only():
+  x, y = (np.full((1, 1, 1, 1), v, np.float32) for v in (1.0, 2.0))
+  pairs, _ = fl.stage_features({
+      "stage0_in": (x,), "stage0_out": (x,),
+      "stage1_input": (y,), "substage0_in": (y,), "stage0_outer": (y,)})
+  assert len(pairs) == 1
+  assert float(pairs[0][0][0, 0, 0, 0]) == 1.0
+  assert float(pairs[0][1][0, 0, 0, 0]) == 1.0
 
 
 def test_stage_features_takes_first_sown_value():

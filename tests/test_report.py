@@ -5,9 +5,12 @@ import json
 import pathlib
 import re
 
+from matplotlib import figure
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import event_file_loader
+from tensorboard.compat.proto import event_pb2
 
 from ban_jax import metrics_writer
 from ban_jax import models
@@ -91,6 +94,109 @@ def test_plot_is_a_png():
   assert png.startswith(PNG_SIGNATURE) and len(png) > 10_000
 
 
+def test_over_seeds_of_two_skewed_seeds():
+  # Two seeds: the sample std of (a, b) is |a - b| / sqrt(2). Three, with
+  # one far off: the mean (12), not the median (11).
+  per_seed = [_chain(3, [20.0, 18.0], []), _chain(7, [22.0, 18.5], [])]
+  summary = {c["name"]: c for c in report.over_seeds(per_seed)}
+  assert summary["Teacher"]["test_error_std"] == pytest.approx(2**0.5)
+  assert summary["BAN-1"]["test_error_std"] == pytest.approx(0.5 / 2**0.5)
+  assert summary["BAN-1"]["seeds"] == [3, 7]
+  per_seed.append(_chain(9, [15.0, 25.0], []))
+  summary = {c["name"]: c for c in report.over_seeds(per_seed)}
+  assert summary["Teacher"]["test_error_mean"] == pytest.approx(19.0)
+  assert summary["BAN-1"]["test_error_mean"] == pytest.approx(20.5)
+  assert summary["BAN-1"]["test_errors"] == [18.0, 18.5, 25.0]
+
+
+def test_single_seed_report_has_plain_cells_and_no_per_seed_section():
+  chain = _chain(0, [18.004, 17.5, 16.256], [15.0])
+  for gen in chain["generations"][1:]:
+    gen["model"] = "densenet90_60"  # A cross-architecture chain.
+  results = _results([chain])
+  assert report.markdown_table(results) == (
+      "| Model | Teacher | BAN-1 | BAN-2 | Ens*2 |\n"
+      "|---|---|---|---|---|\n"
+      "| wrn10_1 -> densenet90_60 (cifar100, kd) | 18.00 | 17.50 | 16.26 "
+      "| 15.00 |")
+  assert report.markdown(results) == (
+      "# Results: test error (%)\n\n" + report.markdown_table(results)
+      + "\n\nTest error per generation: results.png.\n")
+
+
+def test_two_seeds_get_the_per_seed_section():
+  per_seed = [_chain(3, [20.0, 18.0], []), _chain(7, [22.0, 18.5], [])]
+  text = report.markdown(_results(per_seed))
+  assert ("Mean ± sample standard deviation over 2 seeds (3, 7)."
+          in text)
+  assert ("## Per seed\n\n| Seed | Teacher | BAN-1 |\n|---|---|---|\n"
+          "| 3 | 20.00 | 18.00 |\n| 7 | 22.00 | 18.50 |\n") in text
+
+
+def _plotted(monkeypatch, results):
+  """The figure `report.plot` draws, caught as it is saved."""
+  drawn = []
+  savefig = figure.Figure.savefig
+
+  def keep(fig, *args, **kwargs):
+    drawn.append(fig)
+    return savefig(fig, *args, **kwargs)
+
+  monkeypatch.setattr(figure.Figure, "savefig", keep)
+  assert report.plot(results).startswith(PNG_SIGNATURE)
+  (fig,) = drawn
+  (ax,) = fig.axes
+  return ax
+
+
+def test_plot_draws_mean_std_seeds_ensembles_and_the_paper(monkeypatch):
+  per_seed = [_chain(0, [20.0, 18.0, 17.0], [16.0]),
+              _chain(1, [22.0, 19.0, 17.5], [15.0])]
+  ax = _plotted(monkeypatch, _results(per_seed, "table2/densenet90_60/ban"))
+  assert ax.get_title() == "wrn10_1 (cifar100, kd)"
+  assert [t.get_text() for t in ax.get_xticklabels()] == [
+      "Teacher", "BAN-1", "BAN-2"]
+  ours, ens = ax.containers  # Error bars: the generations, the ensembles.
+  assert ours.get_label() == "ours, mean ± std of 2 seeds"
+  std = np.array([2.0, 1.0, 0.5]) / 2**0.5  # ddof=1.
+  for container, x, mean, err in ((ours, [0, 1, 2], [21, 18.5, 17.25], std),
+                                  (ens, [2.15], [15.5], [1 / 2**0.5])):
+    line, _, (bars,) = container.lines
+    np.testing.assert_allclose(line.get_xydata(), np.c_[x, mean])
+    np.testing.assert_allclose(
+        [segment[:, 1] for segment in bars.get_segments()],
+        np.c_[np.subtract(mean, err), np.add(mean, err)])
+  # Each seed's own curve, faint.
+  seeds = [line.get_ydata() for line in ax.get_lines()
+           if line.get_alpha() == 0.25]
+  np.testing.assert_allclose(seeds, [[20, 18, 17], [22, 19, 17.5]])
+  assert [t.get_text() for t in ax.texts] == ["Ens*2"]
+  # The paper's numbers, at the columns we have (not BAN-3 nor Ens*3).
+  (paper,) = ax.collections[-1:]
+  assert paper.get_label() == "paper, Table 2"
+  np.testing.assert_allclose(paper.get_offsets(),
+                             [[0, 17.69], [1, 16.62], [2, 16.44],
+                              [2.15, 15.39]])
+
+
+def test_write_puts_three_files_and_nothing_else(tmp_path):
+  per_seed = [_chain(0, [20.0, 18.0, 17.0], [16.0])]
+  results = _results(per_seed)
+  # Arrays (NumPy or JAX) in the results are written as JSON lists.
+  results["extra"] = {"array": np.array([1.5, 2.0]),
+                      "scalar": np.float32(0.25)}
+  report.write(tmp_path, results)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "results.json", "results.md", "results.png"]
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["extra"] == {"array": [1.5, 2.0], "scalar": 0.25}
+  assert on_disk["per_seed"] == per_seed
+  assert (tmp_path / "results.md").read_text() == report.markdown(results)
+  assert (tmp_path / "results.png").read_bytes().startswith(PNG_SIGNATURE)
+  with pytest.raises(TypeError, match="not JSON serialisable: object"):
+    report.write(tmp_path, {**results, "extra": object()})
+
+
 def test_paper_rows_use_our_names():
   columns = {"Teacher", "BAN-1", "BAN-2", "BAN-3", "Ens*2", "Ens*3"}
   assert len(paper_results.ROWS) == 8 + 16 + 8 + 6
@@ -126,13 +232,80 @@ def test_every_command_in_the_config_docstrings_names_its_paper_row(dataset):
       rf"--config=configs/{dataset}\.py:(\S+)\s+\[([\d.]+)(?: -> ([\d.]+))?\]",
       module.__doc__)
   assert len(commands) == {"cifar10": 8, "cifar100": 30}[dataset]
-  for argument, *printed in commands:
+  for argument, first, second in commands:
     config = module.get_config(argument)
     row = paper_results.get(config.paper_row)
-    known = set(row.test_error.values()) | {
-        float(x) for x in re.findall(r"\d+\.\d+", row.note or "")}
-    for number in filter(None, printed):
-      assert float(number) in known, (argument, number, row)
+    if not second:  # [BAN-1]
+      assert row.test_error["BAN-1"] == float(first), (argument, row)
+      continue
+    # [teacher -> BAN]; Table 5's "teacher" is the student trained from
+    # labels alone, Table 2's BAN the separate run (both in the note).
+    if row.table == "Table 5":
+      assert f"labels alone: {float(first):.2f}." in row.note, (argument, row)
+    else:
+      assert row.test_error["Teacher"] == float(first), (argument, row)
+    if row.table == "Table 2":
+      assert f"reached {float(second):.2f}," in row.note, (argument, row)
+    else:
+      assert row.test_error["BAN-1"] == float(second), (argument, row)
+
+
+def test_table2_sequences_match_the_cifar100_docstring():
+  # "(112-33: 17.61, 17.22, 16.59 / 15.77, 15.68; 90-60: ...)": BAN-1..3
+  # and Ens*2, Ens*3 of each DenseNet's BAN run.
+  module = importlib.import_module("configs.cifar100")
+  text = " ".join(module.__doc__.split())
+  sequences = re.findall(r"(\d+)-(\d+): ([\d., ]+) / ([\d., ]+?)[;)]", text)
+  assert len(sequences) == 4
+  for depth, growth, bans, ensembles in sequences:
+    row = paper_results.get(f"table2/densenet{depth}_{growth}/ban")
+    bans = [float(x) for x in bans.split(",")]
+    ensembles = [float(x) for x in ensembles.split(",")]
+    expected = {"Teacher": row.test_error["Teacher"]}
+    expected.update({f"BAN-{k}": v for k, v in enumerate(bans, 1)})
+    expected.update({f"Ens*{k}": v for k, v in enumerate(ensembles, 2)})
+    assert row.test_error == expected, row
+
+
+def test_paper_row_notes_and_settings():
+  row = paper_results.get("table2/densenet112_33/ban")
+  assert row.note == (
+      "BAN-1 is from the paper's BAN-1..3 sequence; its separate BAN run "
+      "(the same recipe, another seed) reached 16.95, 0.66 points away. "
+      "Single runs of one recipe differ by up to 0.66 points in Table 2.")
+  # No BAN-3: no BAN-3 column, and the paper's Ens*3 is left out.
+  row = paper_results.get("table2/densenet80_120/ban")
+  assert row.test_error == {"Teacher": 16.87, "BAN-1": 16.13, "BAN-2": 16.13,
+                            "Ens*2": 15.13}
+  assert row.note.endswith(
+      "reached 16.00, 0.13 points away. Single runs of one recipe differ by "
+      "up to 0.66 points in Table 2. The paper has no BAN-3 for this model; "
+      "its Ens*3 (14.9) averages the teacher, BAN-1 and BAN-2, so it is "
+      "left out.")
+  assert paper_results.get("table2/densenet80_80/cwtm").setting() == (
+      "cifar100, densenet80_80, cwtm")
+  assert paper_results.get("table5/densenet90_60/densewrn1_1").setting() == (
+      "cifar100, densenet90_60 -> densewrn1_1, kd, shared stem/classifier")
+
+
+def test_find_and_mismatches_treat_a_student_like_the_teacher_as_none():
+  from configs import cifar100  # pylint: disable=g-import-not-at-top
+  assert paper_results.find("cifar100", "wrn28_10", "wrn28_10", "kd") == (
+      "table3/wrn28_10/ban")
+  config = cifar100.get_config("model=wrn28_10")
+  config.student_model = "wrn28_10"
+  row = paper_results.get("table3/wrn28_10/ban")
+  assert paper_results.mismatches(row, config) == []
+  config.share_stem_classifier = True
+  assert paper_results.mismatches(row, config) == [
+      "share_stem_classifier is True, the paper's is False"]
+  assert paper_results.mismatches(
+      paper_results.get("table5/densenet90_60/densewrn1_1"),
+      digits.get_config()) == [
+          "dataset is 'digits', the paper's is 'cifar100'",
+          "model is 'wrn10_2', the paper's is 'densenet90_60'",
+          "student is '', the paper's is 'densewrn1_1'",
+          "share_stem_classifier is False, the paper's is True"]
 
 
 # ------------------------------------------------------------ tensorboard
@@ -151,9 +324,10 @@ def test_epoch_records_become_tagged_scalars(tmp_path):
             "train_dark_knowledge_share": 0.25, "images_per_second": 1e3,
             "test_loss": 0.25, "test_accuracy": 95.0,
             "teacher_agreement": 97.0, "teacher_student_kl": 0.125,
-            "seconds_left": 3.0}
+            "seconds_left": 3.0, "train_examples": 640}
   assert metrics_writer.epoch_scalars(record) == {
       "learning_rate": 0.01, "train/loss": 0.5, "train/accuracy": 90.0,
+      "train/examples": 640,
       "train/dark_knowledge_share": 0.25, "images_per_second": 1e3,
       "test/loss": 0.25, "test/accuracy": 95.0,
       "test/teacher_agreement": 97.0, "test/teacher_student_kl": 0.125}
@@ -170,6 +344,28 @@ def test_epoch_records_become_tagged_scalars(tmp_path):
   log({"epoch": 2, "step": 42, "train_loss": 0.5})
   writer.close()
   assert _scalars(tmp_path) == {"train/loss": [(21, 1.0), (42, 0.5)]}
+
+
+def test_writer_makes_its_folder_at_the_first_write_and_flushes_each_epoch(
+    tmp_path):
+  logdir = tmp_path / "tensorboard" / "seed_0" / "gen_1"
+  writer = metrics_writer.create(logdir)
+  writer.flush()
+  writer.close()
+  assert not (tmp_path / "tensorboard").exists()  # Loaded, never trained.
+
+  writer = metrics_writer.create(logdir)
+  log = metrics_writer.epoch_callback(writer)
+  log({"epoch": 1, "step": 21, "train_loss": 1.0})
+  log({"epoch": 2, "step": 42, "train_loss": 0.75})
+  # On disk at once, while the run goes on (the writer is still open).
+  assert _scalars(logdir) == {"train/loss": [(21, 1.0), (42, 0.75)]}
+  writer.close()
+  (path,) = logdir.iterdir()
+  events = list(event_file_loader.EventFileLoader(str(path)).Load())
+  # One restart mark, at the first epoch this run logs.
+  assert [e.step for e in events if e.HasField("session_log")
+          and e.session_log.status == event_pb2.SessionLog.START] == [21]
 
 
 # ------------------------------------------------------- a real tiny run
