@@ -104,7 +104,8 @@ class GenerationCheckpoints:
 
     A checkpoint that fails to restore (corrupt or truncated files) or holds
     NaN/inf is skipped with a warning, moved aside, and the one before it is
-    tried.
+    tried. With several processes a step counts as readable only if every
+    process read it, so that all of them resume from the same step.
     """
     unreadable = []
     found = None
@@ -116,15 +117,18 @@ class GenerationCheckpoints:
                 progress=ocp.args.JsonRestore()))
         if not is_finite(restored.state):
           raise NonFiniteStateError("the train state has NaN or inf values")
+        problem = None
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning(
-            "Checkpoint %s/%d is unreadable (%s: %s); moving it to %s/%d."
-            "unreadable and trying the previous one.", self.directory, step,
-            type(e).__name__, e, self.directory, step)
-        unreadable.append(step)
-        continue
-      found = step, restored.state, dict(restored.progress)
-      break
+        problem = f"{type(e).__name__}: {e}"
+      problem = _problem_anywhere(problem)
+      if problem is None:
+        found = step, restored.state, dict(restored.progress)
+        break
+      logging.warning(
+          "Checkpoint %s/%d is unreadable (%s); moving it to %s/%d.unreadable "
+          "and trying the previous one.", self.directory, step, problem,
+          self.directory, step)
+      unreadable.append(step)
     if unreadable:
       self._set_aside(unreadable)
     return found
@@ -152,3 +156,19 @@ class GenerationCheckpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _problem_anywhere(problem: str | None) -> str | None:
+  """This process's read problem, or another process's if it had one.
+
+  Hosts that disagreed would resume from different steps, and only some of
+  them would reach the barrier in `_set_aside`.
+  """
+  if jax.process_count() == 1:
+    return problem
+  failed = np.asarray(
+      multihost_utils.process_allgather(np.int32(problem is not None)))
+  if problem is None and failed.any():
+    others = ", ".join(str(i) for i in np.flatnonzero(failed))
+    return f"unreadable on process {others}"
+  return problem

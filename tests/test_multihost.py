@@ -289,5 +289,105 @@ def test_detect_cluster_environments():
     distributed.detect({"BAN_JAX_DISTRIBUTED": "maybe"})
 
 
+_EXPLICIT = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
+             "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+
+
+def test_detect_explicit_settings_come_in_one_piece():
+  # Some arguments: the environment does not fill in the others.
+  with pytest.raises(ValueError, match="together"):
+    distributed.detect(_EXPLICIT, num_processes=2)
+  # An empty variable is an unset one.
+  with pytest.raises(ValueError, match="together"):
+    distributed.detect(dict(_EXPLICIT, JAX_COORDINATOR_ADDRESS=""))
+  with pytest.raises(ValueError, match="not in"):
+    distributed.detect(dict(_EXPLICIT, JAX_PROCESS_ID="-1"))
+  with pytest.raises(ValueError, match=r"\$JAX_NUM_PROCESSES='four' is not"):
+    distributed.detect(dict(_EXPLICIT, JAX_NUM_PROCESSES="four"))
+  with pytest.raises(ValueError, match=r"\$SLURM_NTASKS='x' is not"):
+    distributed.detect({"SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "x"})
+  # Explicit settings come before the on/off switch.
+  assert distributed.detect(dict(_EXPLICIT, BAN_JAX_DISTRIBUTED="0")) == (
+      distributed.Launch("explicit", "10.0.0.1:1234", 4, 3))
+
+
+@pytest.mark.parametrize("switch", ["0", "false", "off", "no", " Off ", "NO"])
+def test_detect_switch_off(switch):
+  slurm = {"SLURM_NTASKS": "16", "SLURM_STEP_NODELIST": "gpu01"}
+  assert distributed.detect(dict(slurm, BAN_JAX_DISTRIBUTED=switch)) == (
+      distributed.Launch("single"))
+
+
+@pytest.mark.parametrize("switch", ["1", "true", "on", "yes", "True "])
+def test_detect_switch_on(switch):
+  assert distributed.detect({"BAN_JAX_DISTRIBUTED": switch}) == (
+      distributed.Launch("forced"))
+
+
+def test_detect_switch_auto_looks_at_the_cluster():
+  slurm = {"SLURM_NTASKS": "16", "SLURM_STEP_NODELIST": "gpu01"}
+  for switch in ("", "auto", "AUTO"):
+    assert distributed.detect(dict(slurm, BAN_JAX_DISTRIBUTED=switch)).kind == (
+        "slurm")
+    assert not distributed.detect({"BAN_JAX_DISTRIBUTED": switch}
+                                  ).multi_process
+
+
+def test_detect_cluster_environments_need_more_than_one_process():
+  # An srun step that does not say how many tasks it has is one.
+  assert not distributed.detect({"SLURM_STEP_NODELIST": "n1"}).multi_process
+  assert not distributed.detect({"OMPI_MCA_orte_hnp_uri": "x",
+                                 "OMPI_COMM_WORLD_SIZE": "1"}).multi_process
+  # The size alone, without mpirun's URI, is not an Open MPI job.
+  assert not distributed.detect({"OMPI_COMM_WORLD_SIZE": "2"}).multi_process
+  assert not distributed.detect({"TPU_WORKER_HOSTNAMES": "a, "}).multi_process
+  assert distributed.detect({"TPU_WORKER_HOSTNAMES": "a, b"}).kind == "tpu"
+
+
+@pytest.fixture
+def fake_runtime(monkeypatch):
+  """jax.distributed.initialize recorded, not run; an empty environment."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+               "JAX_PROCESS_ID", "BAN_JAX_DISTRIBUTED", "SLURM_NTASKS",
+               "SLURM_STEP_NODELIST", "OMPI_MCA_orte_hnp_uri",
+               "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(name, raising=False)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize",
+                      lambda *args: calls.append(args))
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.INFO)
+  yield calls
+  logging.set_verbosity(verbosity)
+
+
+def test_initialize_single_process_does_nothing(fake_runtime):
+  assert distributed.initialize() == distributed.Launch("single")
+  assert distributed.initialize("h:1", 1, 0) == distributed.Launch("single")
+  assert not fake_runtime
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_initialize_passes_the_explicit_settings(fake_runtime, monkeypatch,
+                                                 process_id):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, "process_index", lambda: process_id)
+  launch = distributed.initialize("h:1", 2, process_id)
+  assert launch == distributed.Launch("explicit", "h:1", 2, process_id)
+  assert fake_runtime == [("h:1", 2, process_id)]
+  # Only process 0 logs below warnings.
+  assert logging.get_verbosity() == (logging.INFO if process_id == 0
+                                     else logging.WARNING)
+
+
+def test_initialize_lets_jax_find_a_cluster(fake_runtime, monkeypatch):
+  monkeypatch.setenv("BAN_JAX_DISTRIBUTED", "1")
+  assert distributed.initialize().kind == "forced"
+  assert fake_runtime == [()]
+
+
 if __name__ == "__main__":
   _worker(sys.argv[1], sys.argv[2])

@@ -6,6 +6,8 @@ parameters and batch-norm statistics after a few KD steps: that holds only
 if gradients and batch-norm statistics are reduced over the global batch.
 """
 
+import types
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -182,17 +184,163 @@ def test_take_batch_from_host_blocks():
 
   Each pretend host's devices hold its half of the rows; the batch must be
   exactly the rows the indices name, whichever half holds them, for pixels
-  whose byte count is not a multiple of 4 and for 2- and 4-byte types.
+  whose byte count is not a multiple of 4 and for 2- and 4-byte types, bit
+  for bit (a float sum would turn -0.0 into 0.0).
   """
   mesh = Mesh(np.asarray(jax.devices()).reshape(2, 4), parallel.BATCH_AXES)
   rng = np.random.default_rng(0)
+  signed_zeros = np.where(rng.random((40, 3)) < 0.5, -0.0, 0.0)
   host = {"images": rng.integers(0, 256, (40, 5, 5, 3), dtype=np.uint8),
           "labels": rng.integers(0, 100, (40,), dtype=np.int32),
-          "half": rng.standard_normal((40, 3)).astype(jnp.bfloat16)}
+          "half": rng.standard_normal((40, 3)).astype(jnp.bfloat16),
+          "half_zeros": signed_zeros.astype(jnp.bfloat16),
+          "zeros": signed_zeros.astype(np.float32)}
   blocks = jax.device_put(host, NamedSharding(mesh, P("process")))
   idx = np.array([0, 39, 21, 19, 20, 1, 38, 2], np.int32)  # Both halves.
   batch = jax.jit(lambda tree, idx: parallel.take_batch(tree, idx, mesh))(
       blocks, idx)
+  for name, x in batch.items():
+    assert x.sharding.is_equivalent_to(parallel.batch_sharded(mesh), x.ndim)
+    assert x.dtype == host[name].dtype
+    np.testing.assert_array_equal(np.asarray(x).view(np.uint8),
+                                  host[name][idx].view(np.uint8), name)
+
+
+class _FakeDevice:
+  """Just what make_mesh reads of a device: its process."""
+
+  def __init__(self, process_index, name):
+    self.process_index = process_index
+    self.name = name
+
+  def __repr__(self):
+    return self.name
+
+
+def test_make_mesh_puts_each_process_on_its_own_row():
+  d = {(p, i): _FakeDevice(p, f"p{p}d{i}") for p in range(3) for i in range(2)}
+  mesh = parallel.make_mesh([d[2, 1], d[0, 0], d[1, 0], d[2, 0], d[0, 1],
+                             d[1, 1]])
+  # Rows in process order; each row in the order the devices were given.
+  assert mesh.devices.tolist() == [[d[0, 0], d[0, 1]], [d[1, 0], d[1, 1]],
+                                   [d[2, 1], d[2, 0]]]
+  assert dict(mesh.shape) == {"process": 3, "device": 2}
+  with pytest.raises(ValueError, match=r"same number of devices.*"
+                     r"\{0: 2, 1: 1\}"):
+    parallel.make_mesh([d[0, 0], d[0, 1], d[1, 0]])
+
+
+def _two_host_mesh():
+  """Eight local devices posing as 2 hosts of 4 (single-process tests)."""
+  return Mesh(np.asarray(jax.devices()).reshape(2, 4), parallel.BATCH_AXES)
+
+
+def test_shardings_on_a_two_host_mesh():
+  mesh = _two_host_mesh()
+  x = np.arange(16 * 3).reshape(16, 3)
+  by_device = lambda a: {s.device: s.data for s in a.addressable_shards}
+  batch = by_device(jax.device_put(x, parallel.batch_sharded(mesh)))
+  blocks = by_device(jax.device_put(x, parallel.process_sharded(mesh)))
+  for h in range(2):
+    for l in range(4):
+      device = mesh.devices[h, l]
+      # Process-major: host h's devices hold one contiguous half in order.
+      i = h * 4 + l
+      np.testing.assert_array_equal(batch[device], x[2 * i:2 * i + 2])
+      np.testing.assert_array_equal(blocks[device], x[8 * h:8 * h + 8])
+  # The batch splits over all 8 devices, not over one host's 4.
+  parallel.check_batch_size(16, mesh)
+  with pytest.raises(ValueError, match="batch_size=4 is not divisible by "
+                     "the 8 devices"):
+    parallel.check_batch_size(4, mesh)
+
+
+class _Host:
+  """`jax` as one process sees it (for `parallel` only)."""
+
+  def __init__(self):
+    self.index = 0
+
+  def process_index(self):
+    return self.index
+
+  def __getattr__(self, name):
+    return getattr(jax, name)
+
+
+class _Gathered(Exception):
+  pass
+
+
+def _process_blocks(trees, monkeypatch):
+  """`process_block` on each of len(trees) pretend hosts, host h with trees[h].
+
+  Each host first sends what it would all-gather; then every host gets all
+  of them, in process order, as `process_allgather` returns them.
+  """
+  host = _Host()
+  monkeypatch.setattr(parallel, "jax", host)
+  sent = []
+
+  def send(x):
+    sent.append(np.asarray(x))
+    raise _Gathered
+
+  mesh = Mesh(np.asarray(jax.devices()[:len(trees)]).reshape(len(trees), 1),
+              parallel.BATCH_AXES)
+  out = []
+  for gather in (send, lambda x: np.stack(sent)):
+    monkeypatch.setattr(parallel, "multihost_utils",
+                        types.SimpleNamespace(process_allgather=gather))
+    out = []
+    for host.index, tree in enumerate(trees):
+      try:
+        out.append(parallel.process_block(tree, mesh))
+      except _Gathered:
+        pass
+  return out
+
+
+def _split(n, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.integers(0, 256, (n, 3, 3, 3), dtype=np.uint8),
+          rng.integers(0, 10, (n,), dtype=np.int32))
+
+
+def test_process_block_cuts_a_split_that_every_host_holds(monkeypatch):
+  images, labels = _split(41)
+  blocks = _process_blocks([(images, labels)] * 2, monkeypatch)
+  # 20 rows a host, in process order; the 41st is dropped.
+  for h, (got_images, got_labels) in enumerate(blocks):
+    np.testing.assert_array_equal(got_images, images[20 * h:20 * h + 20])
+    np.testing.assert_array_equal(got_labels, labels[20 * h:20 * h + 20])
+
+
+def test_process_block_keeps_blocks_that_differ_in_any_array(monkeypatch):
+  images, labels = _split(20)
+  other_images, other_labels = _split(20, seed=1)
+  for trees in ([(images, labels), (images, other_labels)],
+                [(images, labels), (other_images, labels)]):
+    blocks = _process_blocks(trees, monkeypatch)
+    for got, tree in zip(blocks, trees):
+      chex.assert_trees_all_equal(got, tree)
+
+
+def test_process_block_refuses_blocks_of_different_sizes(monkeypatch):
+  with pytest.raises(ValueError, match=r"different sizes \(\[20, 19\] "
+                     r"examples\)"):
+    _process_blocks([_split(20), _split(19)], monkeypatch)
+
+
+def test_take_batch_on_one_host_gathers_on_every_device():
+  mesh = parallel.make_mesh()
+  rng = np.random.default_rng(0)
+  host = {"images": rng.integers(0, 256, (40, 5, 5, 3), dtype=np.uint8),
+          "labels": rng.integers(0, 100, (40,), dtype=np.int32)}
+  data = parallel.put_train_split(host, mesh)
+  idx = np.array([3, 39, 0, 17, 17, 8, 21, 5], np.int32)
+  batch = jax.jit(lambda tree, idx: parallel.take_batch(tree, idx, mesh))(
+      data, parallel.put_replicated(idx, mesh))
   for name, x in batch.items():
     assert x.sharding.is_equivalent_to(parallel.batch_sharded(mesh), x.ndim)
     np.testing.assert_array_equal(np.asarray(x), host[name][idx])
