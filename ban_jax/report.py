@@ -177,12 +177,17 @@ def plot(results: dict[str, Any]) -> bytes:
 
 
 def write_atomically(path: epath.Path, data: str | bytes) -> None:
-  """A run killed while writing leaves the old file, never half a new one."""
+  """A run killed while writing leaves the old file, never half a new one.
+
+  A file that already holds `data` is left alone: rerunning a finished
+  chain then writes no result, so it also runs on a read-only copy.
+  """
+  if isinstance(data, str):
+    data = data.encode("utf-8")
+  if path.exists() and path.read_bytes() == data:
+    return
   tmp = path.parent / f".{path.name}.tmp"
-  if isinstance(data, bytes):
-    tmp.write_bytes(data)
-  else:
-    tmp.write_text(data)
+  tmp.write_bytes(data)
   tmp.replace(path)
 
 

@@ -164,9 +164,18 @@ def test_ensemble_averages_probabilities(chain):
 def test_rerun_loads_finished_generations(chain, monkeypatch):
   config, workdir, results, _ = chain
   spy = FitSpy(monkeypatch)
+
+  def written():
+    return {p: p.stat().st_mtime_ns for p in workdir.rglob("*")
+            if p.is_file() and "compile_cache" not in p.parts}
+
+  before = written()
   again = pipeline.run(config, str(workdir))
   assert spy.calls == []  # Nothing retrained.
   assert _scores(again) == _scores(results)
+  # Nor rewritten: the same results leave every file as it was (so a
+  # read-only copy of a finished workdir can be rerun).
+  assert written() == before
 
 
 def test_resume_after_a_crash_mid_generation(chain, tmp_path, monkeypatch):
