@@ -7,7 +7,9 @@
 #   OUT=bench_out bash launch/bench_gpu.sh
 #
 # Writes $OUT/env.txt, peer.jsonl, ours.jsonl (JSON lines) and table.md.
-# Every stage has a time limit, so one slow stage costs only its own rows.
+# Every stage has a time limit, so one slow stage costs only its own rows;
+# the exit code is 1 if any stage failed or ran out of time (named at the
+# end), 0 if all went through.
 # On an H200 (2026-11-28) the stages took about: peer eager ResNet-18 and
 # DenseNet 90 s, peer torch.compile WRN-28-10 100 s, ban_jax ResNet-18 +
 # WRN-28-10 80 s, DenseNet-BC-100 at least 90 s (its train step compiles in
@@ -32,6 +34,11 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
 stage() { echo "[$(( $(date +%s) - start )) s] $*"; }
+failed=()
+check() {  # after a stage: its exit code (124: out of time) is remembered
+  local rc=$?
+  if ((rc != 0)); then failed+=("$1 (exit code $rc)"); fi
+}
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -47,15 +54,17 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-}
 cat "$OUT/env.txt"
 
 stage "peer: eager fp32 and bf16"
-: > "$OUT/peer.jsonl"
+: > "$OUT/peer.jsonl"; : > "$OUT/peer.err"
 if [ -n "$PEER_EAGER" ]; then
   timeout 100 python3 "$PEER_DIR/peer_torch.py" --models "$PEER_EAGER" \
     --modes fp32,bf16 >> "$OUT/peer.jsonl" 2>> "$OUT/peer.err"
+  check "peer eager $PEER_EAGER"
 fi
 stage "peer: torch.compile"
 if [ -n "$PEER_COMPILE" ]; then
   timeout 130 python3 "$PEER_DIR/peer_torch.py" --models "$PEER_COMPILE" \
     --modes compile >> "$OUT/peer.jsonl" 2>> "$OUT/peer.err"
+  check "peer compile $PEER_COMPILE"
 fi
 
 : > "$OUT/ours.log"
@@ -66,6 +75,7 @@ for models in $MODELS; do
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags.
   timeout $limit python3 -m ban_jax.bench --models="$models" $BENCH_ARGS \
     >> "$OUT/ours.log" 2>&1
+  check "ban_jax $models"
 done
 grep '^{' "$OUT/ours.log" > "$OUT/ours.jsonl"
 
@@ -81,4 +91,9 @@ with open(os.path.join(out, "table.md"), "w") as f:
   f.write(text + "\n")
 print(text)
 EOF
-stage done
+check table
+stage "done"
+if ((${#failed[@]})); then
+  echo "Failed: ${failed[*]}; see $OUT/peer.err and $OUT/ours.log." >&2
+  exit 1
+fi

@@ -16,6 +16,10 @@
 set -euo pipefail
 
 NPROC=${NPROC:-2}
+if [[ ! $NPROC =~ ^[1-9][0-9]*$ ]]; then
+  echo "NPROC=$NPROC: set it to the number of processes (1, 2, ...)." >&2
+  exit 2
+fi
 MODULE=${MODULE:-ban_jax.main}
 PORT=${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 LOG_DIR=${LOG_DIR:-$(mktemp -d -t ban_jax_procs.XXXXXX)}
@@ -34,7 +38,7 @@ trap stop_all INT TERM
 for ((i = 0; i < NPROC; i++)); do
   env=(JAX_COORDINATOR_ADDRESS="127.0.0.1:${PORT}" JAX_NUM_PROCESSES="$NPROC"
        JAX_PROCESS_ID="$i")
-  if [[ -n "${PER_GPU:-}" ]]; then env+=(JAX_LOCAL_DEVICE_IDS="$i"); fi
+  if [[ "${PER_GPU:-0}" != 0 ]]; then env+=(JAX_LOCAL_DEVICE_IDS="$i"); fi
   if ((i == 0)); then
     env "${env[@]}" python3 -m "$MODULE" "$@" &
   else

@@ -11,6 +11,8 @@
 #                                                # log in ~/ban_jax.log
 #   MODULE=ban_jax.bench launch/tpu_pod.sh run --models=wrn28_10
 #
+# REMOTE_DIR (default ban_jax) is the checkout's folder in each worker's
+# home; PROJECT sets the gcloud project.
 # --worker=all needs the key gcloud made in your ssh agent first:
 # `ssh-add ~/.ssh/google_compute_engine`.
 # The workdir should be a gs:// bucket every host can write (Orbax writes
@@ -31,6 +33,7 @@ on_all_workers() {
 }
 
 to_all_workers() {  # local file -> remote path, on every worker
+  # A relative remote path is in the worker's home directory.
   gcloud compute tpus tpu-vm scp "$1" "$TPU_NAME:$2" "${gcloud_flags[@]}" \
     --worker=all
 }
@@ -39,29 +42,39 @@ command=${1:?usage: tpu_pod.sh setup | copy FILE | run ARGS...}
 shift
 case "$command" in
   setup)
-    repo=$(git rev-parse --show-toplevel)
+    # This script's checkout, wherever it is run from.
+    repo=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
+    jax_version=$(sed -n 's/^jax==//p' "$repo/requirements.txt")
+    : "${jax_version:?no jax==VERSION line in $repo/requirements.txt}"
     staging=$(mktemp -d)
     trap 'rm -rf "$staging"' EXIT
     archive=$staging/ban_jax_src.tgz
-    # One tar over the whole list (xargs could split it into several tars).
-    (cd "$repo" && git ls-files -z | tar czf "$archive" --null -T -)
-    to_all_workers "$archive" "~/ban_jax_src.tgz"
-    jax_version=$(grep '^jax==' "$repo/requirements.txt" | cut -d= -f3)
+    # One tar over the whole list (xargs could split it into several tars);
+    # tracked files deleted in the working tree are left out (tar would
+    # stop at them).
+    (cd "$repo" && git ls-files -z | while IFS= read -r -d '' f; do
+       if [[ -e $f || -L $f ]]; then printf '%s\0' "$f"; fi
+     done | tar czf "$archive" --null -T -)
+    to_all_workers "$archive" ban_jax_src.tgz
     on_all_workers "mkdir -p ~/$REMOTE_DIR && tar xzf ~/ban_jax_src.tgz \
       -C ~/$REMOTE_DIR && cd ~/$REMOTE_DIR && \
       python3 -m pip install -q -r requirements.txt -e . gcsfs && \
       python3 -m pip install -q 'jax[tpu]==$jax_version'"
     ;;
   copy)
+    file=${1:?copy needs a file}
+    if [[ ! -f $file ]]; then echo "copy: no file $file" >&2; exit 2; fi
     on_all_workers "mkdir -p ~/data"
-    to_all_workers "${1:?copy needs a file}" "~/data/"
+    to_all_workers "$file" data/
     ;;
   run)
-    args=$(printf '%q ' "$@")
+    # No arguments: nothing (printf would still print one quoted '').
+    args=""
+    if (($#)); then args=$(printf '%q ' "$@"); fi
     # BAN_JAX_DISTRIBUTED=1: jax.distributed.initialize() reads the pod's
     # layout from the TPU metadata server.
     run="cd ~/$REMOTE_DIR && BAN_JAX_DISTRIBUTED=1 python3 -m $MODULE $args"
-    if [[ -n "${DETACH:-}" ]]; then
+    if [[ "${DETACH:-0}" != 0 ]]; then
       # %q quotes the whole command for the remote shell, quotes in it too.
       run="nohup bash -c $(printf %q "$run") > ~/ban_jax.log 2>&1 < /dev/null &"
     fi
