@@ -4,7 +4,10 @@ import json
 import os
 import subprocess
 import sys
+import types
 
+import jax
+import numpy as np
 import pytest
 
 from ban_jax import bench
@@ -62,6 +65,10 @@ def test_bench_prints_json_lines_and_a_table(tmp_path):
     # Read before the benchmark: a typo here must not cost the table.
     (["--compare=nope.jsonl"], "--compare='nope.jsonl': [Errno 2] No such "
      "file or directory: 'nope.jsonl'. Pass the JSON lines"),
+    (["--models=,"], "--models is empty."),
+    (["--modes=,"], "--modes=',': use any of step, step+aug, epoch."),
+    (["--warmup=-1"], "--warmup=-1 is too small."),
+    (["--profile_steps=-1"], "--profile_steps=-1 is too small."),
 ])
 def test_bad_flags_stop_before_any_compute(capsys, flags, message):
   with pytest.raises(SystemExit) as stop:
@@ -91,3 +98,249 @@ def test_table_adds_matching_peer_rows():
   assert "| ban_jax | densenet100_12 | bf16 | 128 | 7,000.0 | 30.0 | 3.50 |" in text
   assert "| torch | densenet_bc100 | fp32 | 128 | 2,997.0 | - | - |" in text
   assert "resnet18" not in text
+  # Without rows of ours, the peer's table alone.
+  assert bench.table([], peer).splitlines()[2:] == [
+      "| torch | densenet_bc100 | fp32 | 128 | 2,997.0 | - | - |",
+      "| torch | resnet18 | fp32 | 128 | 11,649.0 | - | - |"]
+
+
+def test_zero_means_none_or_the_default_for_these_flags():
+  args = bench.parse_args(["--warmup=0", "--profile_steps=0",
+                           "--steps_per_call=0", "--devices=0"])
+  assert (args.warmup, args.profile_steps, args.steps_per_call,
+          args.devices) == (0, 0, 0, 0)
+
+
+def test_bench_config_is_the_peers_recipe():
+  # pylint: disable-next=protected-access
+  base = bench.load_config(bench._base_config_path())
+  config = bench.bench_config(base, "resnet18", 256, "bfloat16", 4,
+                              augment=True, xla_options="a=1")
+  assert (config.model.name, config.model.dtype,
+          config.model.dropout_rate) == ("resnet18", "bfloat16", 0.0)
+  assert (config.batch_size, config.eval_batch_size, config.num_epochs,
+          config.steps_per_call, config.checkpoint_every_steps,
+          config.xla_options) == (256, 256, 1, 4, 0, "a=1")
+  assert (config.data.augment, config.data.crop_padding) == (True, 4)
+  assert (config.distill.loss, config.distill.temperature,
+          config.distill.label_weight,
+          config.distill.teacher_weight) == ("kd+label", 1.0, 1.0, 1.0)
+  assert (config.optim.learning_rate, config.optim.momentum,
+          config.optim.nesterov, config.optim.weight_decay,
+          tuple(config.optim.lr_decay_epochs)) == (0.1, 0.9, True, 5e-4, ())
+  assert not bench.bench_config(base, "resnet18", 256, "bfloat16", 4,
+                                augment=False).data.augment
+  assert base.batch_size != 256  # The base config is left as it was.
+
+
+def test_synthetic_dataset_shapes_and_ranges():
+  data = bench.synthetic_dataset(num_examples=200, image_size=8,
+                                 num_classes=3, num_test=5)
+  assert data.train_images.shape == (200, 8, 8, 3)
+  assert data.test_images.shape == (5, 8, 8, 3)
+  assert data.train_images.dtype == np.uint8
+  assert (data.train_images.min(), data.train_images.max()) == (0, 255)
+  assert data.train_labels.dtype == np.int32
+  assert set(np.unique(data.train_labels)) == {0, 1, 2}
+  assert data.test_labels.shape == (5,)
+  assert (data.num_classes, data.label_names) == (3, ("0", "1", "2"))
+
+
+class _Device:
+  """A device whose memory_stats() returns `stats` (or raises it)."""
+
+  def __init__(self, stats):
+    self.stats = stats
+
+  def memory_stats(self):
+    if isinstance(self.stats, Exception):
+      raise self.stats
+    return self.stats
+
+
+def test_peak_memory_is_the_largest_over_the_devices_in_gb(monkeypatch):
+  devices = [_Device({"peak_bytes_in_use": 1_500_000_000}),
+             _Device({"peak_bytes_in_use": 2_345_678_901}),
+             _Device({"bytes_in_use": 9_000_000_000}), _Device(None),
+             _Device(RuntimeError("no stats"))]
+  monkeypatch.setattr(jax, "local_devices", lambda: devices)
+  assert bench.peak_memory_gb() == 2.346  # 10^9 bytes, not 2^30.
+  del devices[:2]
+  assert bench.peak_memory_gb() is None
+
+
+class _Clock:
+  """bench's `time`: advanced by the fakes below, not by real work."""
+
+  def __init__(self):
+    self.now = 100.0
+
+  def perf_counter(self):
+    return self.now
+
+
+class _Executable:
+  """A compiled call of `n` KD steps: 0.5 s and a loss of 1.5 per step."""
+
+  def __init__(self, n, clock, calls):
+    self.n, self.clock, self.calls = n, clock, calls
+
+  def __call__(self, state, teacher_vars, images, labels, perm, rng):
+    self.calls.append((self.n, perm))
+    self.clock.now += 0.5 * self.n
+    return state + self.n, {"loss": np.float32(1.5 * self.n)}
+
+  def memory_analysis(self):
+    return types.SimpleNamespace(
+        argument_size_in_bytes=1_500_000_000, output_size_in_bytes=500_000_000,
+        temp_size_in_bytes=2_000_000_000, alias_size_in_bytes=750_000_000)
+
+
+class _Trainer:
+  """`train_steps(n).lower(...).compile()` takes 2 s on the clock."""
+
+  steps_per_epoch = 7
+
+  def __init__(self, clock, calls):
+    self.clock, self.calls, self.compiled = clock, calls, []
+
+  def train_steps(self, n):
+    def compile_():
+      self.compiled.append(n)
+      self.clock.now += 2.0
+      return _Executable(n, self.clock, self.calls)
+    return types.SimpleNamespace(
+        lower=lambda *args: types.SimpleNamespace(compile=compile_))
+
+
+def _fake_kd_bench(monkeypatch):
+  """A KDBench of batch 16 over fake compiled steps and a fake clock."""
+  clock, calls = _Clock(), []
+  monkeypatch.setattr(bench, "time", clock)
+  kd = object.__new__(bench.KDBench)
+  trainer = _Trainer(clock, calls)
+  # pylint: disable=protected-access
+  kd._train = types.SimpleNamespace(
+      _epoch_permutation=lambda key, n: f"epoch perm of {n}")
+  kd._parallel = types.SimpleNamespace(
+      fetch=lambda tree: jax.tree.map(np.asarray, tree))
+  kd._compiled, kd._prefix = {}, "m_b16"
+  # pylint: enable=protected-access
+  kd.trainers = {False: trainer, True: trainer}
+  kd.data = types.SimpleNamespace(train_images=None, train_labels=None,
+                                  num_train=7 * 16 + 5)
+  kd.batch, kd.profile_dir, kd.profile_steps = 16, "", 0
+  kd.state, kd.teacher_vars, kd.rng, kd.perm = 0, None, None, "perm"
+  return kd, trainer, calls
+
+
+def test_step_timing_of_whole_calls_after_the_warmup(monkeypatch):
+  kd, trainer, calls = _fake_kd_bench(monkeypatch)
+  result = kd.steps(False, steps=5, warmup=1, steps_per_call=2)
+  # 5 steps round up to 3 calls of 2; the 1 warm-up step to a call before.
+  assert calls == [(2, "perm")] * 4
+  assert result == {"img_per_s": 6 * 16 / 3.0, "steps": 6, "seconds": 3.0,
+                    "compile_s": 2.0, "program_mem_gb": 3.25, "loss": 1.5}
+  assert kd.state == 8
+  # The compiled step is kept, with its compile time.
+  assert kd.steps(False, steps=2, warmup=0, steps_per_call=2)[
+      "compile_s"] == 2.0
+  assert trainer.compiled == [2]
+
+
+def test_epoch_timing_runs_the_remainder_as_a_shorter_call(monkeypatch):
+  kd, trainer, calls = _fake_kd_bench(monkeypatch)
+  result = kd.epoch(steps_per_call=3)
+  # 7 steps: calls of 3, 3 and 1, on a new permutation; each size compiled
+  # and run once first, on the fixed one, outside the timing.
+  assert sorted(trainer.compiled) == [1, 3]
+  assert sorted(calls[:2]) == [(1, "perm"), (3, "perm")]
+  assert calls[2:] == [(3, "epoch perm of 117"), (3, "epoch perm of 117"),
+                       (1, "epoch perm of 117")]
+  assert result == {"img_per_s": 7 * 16 / 3.5, "steps": 7, "seconds": 3.5,
+                    "compile_s": 4.0, "loss": 1.5}
+
+
+def test_main_rows_table_and_exit_status(monkeypatch, tmp_path, capsys):
+  made, profiled, initialized = [], [], []
+
+  class FakeKDBench:
+    """Fixed numbers; batch 32 fails to build, the +aug mode to run."""
+
+    def __init__(self, base, model, batch, dtype, steps_per_call, data,
+                 mesh, xla_options, profile_dir, profile_steps):
+      del base, mesh
+      made.append((model, batch, dtype, steps_per_call, data.num_classes,
+                   data.train_images.shape, data.test_images.shape[0],
+                   xla_options, profile_dir, profile_steps))
+      if batch == 32:
+        raise ValueError("too big")
+
+    def steps(self, augment, steps, warmup, steps_per_call):
+      assert (steps, warmup, steps_per_call) == (5, 1, 10)
+      if augment:
+        raise RuntimeError("x" * 600)
+      return {"img_per_s": 1234.5678, "steps": 12, "seconds": 0.15561,
+              "compile_s": 2.34567, "program_mem_gb": 0.0123456,
+              "loss": 4.56789}
+
+    def epoch(self, steps_per_call):
+      assert steps_per_call == 10
+      return {"img_per_s": 999.96, "steps": 3, "seconds": 0.05,
+              "compile_s": 0.0, "loss": 2.0}
+
+    def profile(self, augment, steps_per_call):
+      profiled.append((augment, steps_per_call))
+
+  monkeypatch.setattr(bench, "KDBench", FakeKDBench)
+  monkeypatch.setattr(bench, "peak_memory_gb", lambda: 1.25)
+  monkeypatch.setattr(bench.distributed, "initialize",
+                      lambda *args: initialized.append(args))
+  peer = tmp_path / "peer.jsonl"
+  peer.write_text(
+      "peer_torch on cuda\n"
+      '{"impl": "torch", "model": "wrn10_1", "mode": "fp32", "batch": 16, '
+      '"img_per_s": 500.0}\n'
+      '{"impl": "torch", "model": "wrn10_1", "mode": "fp32", "batch": 64, '
+      '"img_per_s": 900.0}\n')
+  with pytest.raises(SystemExit) as stop:
+    bench.main(["--models=wrn10_1", "--batch_sizes=16,32", "--steps=5",
+                "--warmup=1", "--image_size=8", "--num_examples=48",
+                "--num_classes=10", "--devices=2", "--profile_steps=1",
+                f"--profile_dir={tmp_path}", f"--compare={peer}"])
+  assert stop.value.code == 1  # Some rows are errors.
+  assert initialized == [(None, None, None)]
+  # The config's steps_per_call (10) by default.
+  # One batch of test images: the benchmark evaluates nothing.
+  assert made == [("wrn10_1", batch, "auto", 10, 10, (48, 8, 8, 3), batch,
+                   "", str(tmp_path), 1) for batch in (16, 32)]
+  assert profiled == [(False, 10)]  # Step modes that ran, after their row.
+  out = capsys.readouterr().out
+  rows = [json.loads(line) for line in out.splitlines()
+          if line.startswith("{")]
+
+  def row(batch, mode, **measured):
+    return {"impl": "ban_jax", "model": "wrn10_1", "batch": batch,
+            "dtype": "fp32", "devices": 2,
+            "device_kind": jax.devices()[0].device_kind,
+            "steps_per_call": 10, "image_size": 8, "mode": mode, **measured}
+
+  assert rows == [
+      row(16, "fp32", img_per_s=1234.6, steps=12, seconds=0.156,
+          compile_s=2.346, program_mem_gb=0.012, loss=4.568,
+          peak_mem_gb=1.25),
+      row(16, "fp32+aug", error="RuntimeError: " + "x" * 486),
+      row(16, "epoch", img_per_s=1000.0, steps=3, seconds=0.05,
+          compile_s=0.0, loss=2.0, num_examples=48, peak_mem_gb=1.25),
+      row(32, "fp32", error="ValueError: too big"),
+      row(32, "fp32+aug", error="ValueError: too big"),
+      row(32, "epoch", error="ValueError: too big")]
+  assert out.split("\n\n")[1].splitlines()[2:] == [
+      "| ban_jax | wrn10_1 | fp32 | 16 | 1,234.6 | 2.3 | 1.25 |",
+      "| ban_jax | wrn10_1 | fp32+aug | 16 | error: RuntimeError: "
+      + "x" * 66 + " |",
+      "| ban_jax | wrn10_1 | epoch | 16 | 1,000.0 | 0.0 | 1.25 |",
+      "| ban_jax | wrn10_1 | fp32 | 32 | error: ValueError: too big |",
+      "| ban_jax | wrn10_1 | fp32+aug | 32 | error: ValueError: too big |",
+      "| ban_jax | wrn10_1 | epoch | 32 | error: ValueError: too big |",
+      "| torch | wrn10_1 | fp32 | 16 | 500.0 | - | - |"]

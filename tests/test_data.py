@@ -13,6 +13,7 @@ import pickle
 import struct
 import tarfile
 import tempfile
+import types
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from ban_jax import bench_input
 from ban_jax.bench_input import main as bench_input_main
 from ban_jax.data import augment
 from ban_jax.data import channel_stats
@@ -701,6 +703,9 @@ def test_bench_input_prints_one_json_line_per_batch(capsys):
      "--num_examples=50000]"),
     (["--batch_sizes=128", "--num_examples=64"], "--num_examples=64]"),
     (["--steps=0"], "--steps must be at least 1"),
+    (["--warmup=-1"], "--warmup at least 0"),
+    (["--batch_sizes="], "--batch_sizes='': use integers in [1, "),
+    (["--batch_sizes=8,big"], "--batch_sizes='8,big': use integers in [1, "),
 ])
 def test_bench_input_refuses_bad_flags_before_any_compute(capsys, flags,
                                                           message):
@@ -708,3 +713,83 @@ def test_bench_input_refuses_bad_flags_before_any_compute(capsys, flags,
     bench_input_main(flags)
   assert stop.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_bench_input_main_passes_its_flags_and_rounds(monkeypatch, capsys):
+  calls = []
+
+  def fake_bench(images, batch_size, steps, warmup):
+    calls.append((images.shape, images.dtype, batch_size, steps, warmup))
+    return 1234.5678 * batch_size
+
+  monkeypatch.setattr(bench_input, "bench", fake_bench)
+  bench_input_main(["--steps=7", "--warmup=2", "--batch_sizes=8,16",
+                    "--num_examples=64"])
+  assert calls == [((64, 32, 32, 3), jnp.uint8, batch, 7, 2)
+                   for batch in (8, 16)]
+  assert capsys.readouterr().out.splitlines() == [
+      '{"impl": "ban_jax", "model": "input", "mode": "augment", "batch": 8, '
+      '"img_per_s": 9876.5}',
+      '{"impl": "ban_jax", "model": "input", "mode": "augment", "batch": 16, '
+      '"img_per_s": 19753.1}']
+
+
+def test_bench_input_times_whole_steps_after_the_warmup(monkeypatch):
+  events, clock = [], [10.0]
+
+  class Out:
+
+    def block_until_ready(self):
+      events.append("block")
+
+  def fake_make_step(batch_size):
+    def step(images, perm, key, step_in_epoch):
+      del images, perm, key
+      events.append(step_in_epoch)
+      clock[0] += 0.25
+      return Out()
+    events.append(f"make {batch_size}")
+    return step
+
+  def perf_counter():
+    events.append("clock")
+    return clock[0]
+
+  monkeypatch.setattr(bench_input, "make_step", fake_make_step)
+  monkeypatch.setattr(bench_input, "time",
+                      types.SimpleNamespace(perf_counter=perf_counter))
+  images = jnp.zeros((10, 2, 2, 3), jnp.uint8)
+  img_per_s = bench_input.bench(images, batch_size=4, steps=3, warmup=2)
+  # 10 examples make 2 steps of 4 an epoch: the step numbers wrap. The
+  # warm-up is finished before the clock starts.
+  assert events == ["make 4", 0, 1, "block", "clock", 0, 1, 0, "block",
+                    "clock"]
+  assert img_per_s == 4 * 3 / 0.75
+
+
+def test_bench_input_step_is_the_train_steps_input():
+  # Channel 0: the example's index; 1: the column; 2: the row.
+  n, side, batch = 16, 8, 4
+  rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+  images = np.stack(
+      [np.broadcast_to(np.arange(n)[:, None, None], (n, side, side)),
+       np.broadcast_to(cols, (n, side, side)),
+       np.broadcast_to(rows, (n, side, side))], axis=-1).astype(np.uint8)
+  key = jax.random.key(0)
+  perm = device_epoch.epoch_permutation(key, n)
+  out = np.asarray(bench_input.make_step(batch)(jnp.asarray(images), perm,
+                                                key, 1))
+  assert out.shape == (batch, side, side, 3) and out.dtype == np.float32
+  # pylint: disable-next=protected-access
+  mean, std = np.array(bench_input._MEAN), np.array(bench_input._STD)
+  # Normalised pixels of the second batch of the permutation.
+  indices = np.asarray(perm[batch:2 * batch])
+  np.testing.assert_allclose(
+      out[..., 0], np.broadcast_to(((indices - mean[0]) / std[0])[
+          :, None, None], (batch, side, side)), rtol=1e-6)
+  raw = np.round(out * std + mean)
+  # Cropped and flipped: not every image is where it was.
+  moved = [not (np.array_equal(raw[k, ..., 1], cols)
+                and np.array_equal(raw[k, ..., 2], rows))
+           for k in range(batch)]
+  assert any(moved), raw

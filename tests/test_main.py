@@ -1,8 +1,12 @@
 """The command line: mistakes end with one clear message, no traceback."""
 
+import logging
 import os
+import pickle
 import subprocess
 import sys
+
+import pytest
 
 from ban_jax import main
 
@@ -23,6 +27,115 @@ def test_config_argument_is_used_to_find_fields():
   message = main.unknown_field_message(
       ["prog", "--config=configs/cifar100.py:smoke", "--config.data.sorce=x"])
   assert "config.data.sorce" in message and "archive_path" in message
+
+
+def test_config_spec_takes_the_last_config():
+  spec = main._config_spec  # pylint: disable=protected-access
+  assert spec(["prog", "--config=a.py", "--config", "b.py:x",
+               "--config=c.py:y"]) == ("c.py", "y")
+  assert spec(["prog", "--config=a.py", "--config"]) == ("a.py", "")
+  assert spec(["prog", "--config"]) is None
+
+
+def test_fields_come_from_the_config_with_its_argument(tmp_path):
+  path = tmp_path / "argued.py"
+  path.write_text(
+      "import ml_collections\n"
+      "def get_config(arg=None):\n"
+      "  config = ml_collections.ConfigDict({'a': 1})\n"
+      "  if arg == 'big':\n"
+      "    config.b = 2\n"
+      "  return config\n")
+  assert main.unknown_field_message(
+      ["prog", f"--config={path}:big", "--config.b=3"]) is None
+  assert main.unknown_field_message(
+      ["prog", f"--config={path}", "--config.b=3"]) == (
+          "Unknown config field config.b (in --config.b=3). Valid fields of "
+          "config: a.")
+  # A field under a value that has none.
+  assert main.unknown_field_message(
+      ["prog", f"--config={path}", "--config.a.x=3"]) == (
+          "Unknown config field config.a.x (in --config.a.x=3). Valid fields "
+          "of config.a: .")
+
+
+def test_an_attribute_error_in_get_config_is_not_a_missing_get_config(
+    tmp_path):
+  path = tmp_path / "buggy.py"
+  path.write_text("def get_config():\n  return None.fields\n")
+  assert main.config_file_message(["prog", f"--config={path}"]) == (
+      f"ERROR: config file '{path}' cannot be loaded: AttributeError: "
+      "'NoneType' object has no attribute 'fields'. Fix it, or pass one of "
+      "the repository's configs/, e.g. --config=configs/digits.py.")
+
+
+def test_flag_errors_lose_the_traceback_but_not_the_first_line():
+  message = ("Flag --config: could not load it\nTraceback (most recent call "
+             "last):\n  File \"x.py\", line 1\n\nValueError: bad\n")
+  without_traceback = main._without_traceback  # pylint: disable=protected-access
+  assert without_traceback(message) == (
+      "Flag --config: could not load it\nValueError: bad")
+  assert without_traceback("a\nb") == "a\nb"
+
+
+def test_orbax_info_is_dropped_and_its_warnings_kept():
+  def record(level, path):
+    return logging.LogRecord("absl", level, path, 1, "msg", None, None)
+
+  quiet = main._quiet_orbax  # pylint: disable=protected-access
+  assert not quiet(record(logging.INFO, "/site/orbax/checkpoint/x.py"))
+  assert quiet(record(logging.WARNING, "/site/orbax/checkpoint/x.py"))
+  assert quiet(record(logging.INFO, "/repo/ban_jax/train.py"))
+
+
+@pytest.fixture(name="parsed")
+def _parsed(tmp_path):
+  """Flags parsed in this process for a digits run in tmp_path/w."""
+  main.parse_flags(["prog", f"--config={ROOT}/configs/digits.py",
+                    f"--workdir={tmp_path / 'w'}"])
+  yield str(tmp_path / "w")
+  main.flags.FLAGS.unparse_flags()
+
+
+def test_known_errors_of_a_run_are_one_message(monkeypatch, parsed):
+  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from ban_jax import distributed
+  from ban_jax import pipeline
+  from ban_jax import validation
+  from ban_jax.data import cifar
+  # pylint: enable=g-import-not-at-top,import-outside-toplevel
+  monkeypatch.setattr(distributed, "initialize", lambda: None)
+  for error in (validation.ConfigError("bad value"),
+                FileNotFoundError("no data here"),
+                FloatingPointError("nan loss"),
+                pickle.UnpicklingError("truncated"),
+                cifar.UnreadableDataError("damaged")):
+    def run(config, workdir, error=error):
+      assert (config.model.name, workdir) == ("wrn10_2", parsed)
+      raise error
+    monkeypatch.setattr(pipeline, "run", run)
+    with pytest.raises(SystemExit) as stop:
+      main.main(["prog"])
+    assert stop.value.code == f"ERROR: {error}"
+  # Anything else is a bug: its traceback shows.
+  monkeypatch.setattr(pipeline, "run", lambda config, workdir: 1 / 0)
+  with pytest.raises(ZeroDivisionError):
+    main.main(["prog"])
+  handler = main.logging.get_absl_handler()
+  quiet = main._quiet_orbax  # pylint: disable=protected-access
+  assert quiet in handler.filters  # main() quietens Orbax's INFO.
+  handler.removeFilter(quiet)
+
+
+def test_a_blank_workdir_is_refused(tmp_path):
+  try:
+    with pytest.raises(SystemExit) as stop:
+      main.parse_flags(["prog", f"--config={ROOT}/configs/digits.py",
+                        "--workdir=  "])
+  finally:
+    main.flags.FLAGS.unparse_flags()
+  assert "--workdir is empty; name the run's folder" in str(stop.value.code)
+  assert not list(tmp_path.iterdir())
 
 
 def _run(*args, cwd=ROOT):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from ban_jax import models
 from ban_jax.models import cost
@@ -287,14 +288,74 @@ def test_macs_match_the_papers(name, paper, tolerance):
   assert abs(cost.count_macs(name) / paper - 1) < tolerance
 
 
-def test_macs_of_resnet8_by_hand():
+def _resnet8_macs(side, num_classes=10):
   # resnet8 by hand: stem, 3 stages of one block (two 3x3 convs), no
   # projections (option A), the classifier.
-  hw = 32 * 32
-  expected = (hw * 16 * 27 + hw * 16 * 16 * 9 * 2
-              + hw // 4 * 32 * (16 * 9 + 32 * 9)
-              + hw // 16 * 64 * (32 * 9 + 64 * 9) + 64 * 10)
-  assert cost.count_macs("resnet8", num_classes=10) == expected
+  hw = side * side
+  return (hw * 16 * 27 + hw * 16 * 16 * 9 * 2
+          + hw // 4 * 32 * (16 * 9 + 32 * 9)
+          + hw // 16 * 64 * (32 * 9 + 64 * 9) + 64 * num_classes)
+
+
+def test_macs_of_resnet8_by_hand():
+  assert cost.count_macs("resnet8", num_classes=10) == _resnet8_macs(32)
+  assert cost.count_macs("resnet8", num_classes=10,
+                         image_shape=(16, 16, 3)) == _resnet8_macs(16)
+  # Options reach the model: two 1x1 stride-2 projections, 16->32 on 16x16
+  # and 32->64 on 8x8 outputs.
+  assert (cost.count_macs("resnet8", 10, shortcut="projection")
+          - _resnet8_macs(32)) == 16 * 16 * 32 * 16 + 8 * 8 * 64 * 32
+  # The stem's kernel follows the image's channels.
+  assert (cost.count_params("resnet8", 10)
+          - cost.count_params("resnet8", 10, image_shape=(8, 8, 1))) == (
+              3 * 3 * 2 * 16)
+
+
+class _GroupedStridedConvs(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    # 8x8x4 -> 8x8x4, each output over 4 / 2 groups x 3x3 inputs.
+    x = nn.Conv(4, (3, 3), feature_group_count=2, use_bias=False)(x)
+    # 8x8x4 -> 4x4x6, each output over 4 x 3x3 inputs.
+    return nn.Conv(6, (3, 3), strides=2, use_bias=False)(x)
+
+
+class _Einsum(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    # Contracts the image's rows (8), not its last axis: out 1x8x4x6.
+    w = self.param("w", nn.initializers.zeros, (8, 6))
+    return jnp.einsum("bhwc,hd->bwcd", x, w)
+
+
+class _ControlFlow(nn.Module):
+  """A 4x4 matmul (4 MACs per row of 4) in a jit, a scan and a cond."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    w = self.param("w", nn.initializers.zeros, (4, 4))
+    v = x.reshape(2, 4)  # 8 inputs: each matmul is 2 * 4 * 4 = 32 MACs.
+    v = jax.jit(jnp.matmul)(v, w)  # 32
+    v, _ = jax.lax.scan(lambda h, _: (h @ w, None), v, None, length=3)  # 96
+    # One branch runs: the dearer one, 64, counts.
+    return jax.lax.cond(v[0, 0] > 0, lambda v: v @ w, lambda v: v @ w @ w, v)
+
+
+@pytest.mark.parametrize("module,shape,expected", [
+    (_GroupedStridedConvs(), (8, 8, 4),
+     8 * 8 * 4 * (2 * 9) + 4 * 4 * 6 * (4 * 9)),
+    (_Einsum(), (8, 8, 4), 8 * 4 * 6 * 8),
+    (_ControlFlow(), (2, 2, 2), 32 + 3 * 32 + 64)])
+def test_macs_of_layers_by_hand(module, shape, expected):
+  assert cost.module_cost(module, shape)[1] == expected
+
+
+def test_memory_efficient_densenet_has_the_same_macs():
+  # Its layers are under a remat, whose body holds the convolutions.
+  assert cost.count_macs("densenet16_4", 10, memory_efficient=True) == (
+      cost.count_macs("densenet16_4", 10))
 
 
 @pytest.mark.parametrize("family", sorted(TINY))
@@ -489,6 +550,26 @@ def test_main_prints_parameters_and_macs(capsys):
   assert re.search(r"^resnet20\s+0\.27M\s+0\.041G$", out, re.MULTILINE), out
 
 
+def test_main_image_size_and_defaults(capsys, monkeypatch):
+  # pylint: disable-next=import-outside-toplevel
+  from ban_jax.models import __main__ as models_main
+  models_main.main(["resnet8", "--num_classes=10", "--image_size=16"])
+  # 75,290 parameters and 3,060,352 MACs on 16x16 images (12.2M on 32x32).
+  assert capsys.readouterr().out.splitlines() == [
+      "model                        params     MACs/image   (10 classes, "
+      "16x16x3)",
+      "resnet8                       0.08M         0.003G"]
+  assert _resnet8_macs(16) == 3_060_352
+  # No names: every registered example, 100 classes, 32x32 images.
+  monkeypatch.setattr(models, "registered_names", lambda: ("resnet8",
+                                                           "wrn10_1"))
+  models_main.main([])
+  out = capsys.readouterr().out.splitlines()
+  assert out[0].endswith("(100 classes, 32x32x3)")
+  assert out[1:] == ["resnet8                       0.08M         0.012G",
+                     "wrn10_1                       0.08M         0.013G"]
+
+
 def test_main_refuses_an_unknown_name_before_printing(capsys):
   # pylint: disable-next=import-outside-toplevel
   from ban_jax.models import __main__ as models_main
@@ -508,4 +589,9 @@ def test_unknown_name_lists_the_valid_names():
   assert "'densenet_bc100'" in message
   for name in models.registered_names():
     assert name in message
+    models.get_model(name, 10)  # Every example is a valid name.
   assert len(models.registered_names()) >= 20
+  # The whole name must match, not a prefix or a part of it.
+  for name in ("wrn28_10x", "resnet20_", "xresnet20"):
+    with pytest.raises(ValueError, match=f"Unknown model '{name}'"):
+      models.get_model(name, 10)

@@ -61,8 +61,13 @@ def _jaxpr_macs(jaxpr) -> int:
       lhs = eqn.invars[0].aval.shape
       total += (math.prod(eqn.outvars[0].aval.shape)
                 * math.prod(lhs[d] for d in lhs_contract))
-    for sub in _subjaxprs(eqn.params):
-      total += _jaxpr_macs(sub)
+    inner = [_jaxpr_macs(sub) for sub in _subjaxprs(eqn.params)]
+    if name == "cond":  # One branch runs: the dearest one counts.
+      total += max(inner, default=0)
+    elif name == "scan":  # The body runs `length` times.
+      total += eqn.params["length"] * sum(inner)
+    else:
+      total += sum(inner)
   return total
 
 
