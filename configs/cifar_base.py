@@ -29,6 +29,9 @@ from configs import digits
 
 _KEYS = ("model", "student", "loss", "generations", "seeds")
 _FLAGS = ("share", "smoke")
+# The form of the settings that hold integers, for their error message.
+_INTEGER_FORMS = {"generations": "an integer, e.g. generations=2",
+                  "seeds": "integers separated by '/', e.g. seeds=0/1/2"}
 
 
 def parse_argument(argument: str | None) -> dict[str, str | bool]:
@@ -41,11 +44,23 @@ def parse_argument(argument: str | None) -> dict[str, str | bool]:
       settings[key] = True
     elif key in _KEYS and has_value:
       settings[key] = value.strip()
+      if key in _INTEGER_FORMS:
+        _check_integers(key, settings[key])
     else:
       raise ValueError(
           f"Unknown config argument {item!r}. Valid: "
           + ", ".join([f"{k}=..." for k in _KEYS] + list(_FLAGS)) + ".")
   return settings
+
+
+def _check_integers(key: str, value: str) -> None:
+  """A clear error for 'generations=x', not int()'s bare ValueError."""
+  try:
+    for part in value.split("/") if key == "seeds" else [value]:
+      int(part)
+  except ValueError:
+    raise ValueError(f"Config argument '{key}={value}': use "
+                     f"{_INTEGER_FORMS[key]}.") from None
 
 
 def dropout_for(model_name: str) -> float:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from sklearn import datasets as sk_datasets
 import tensorflow_datasets as tfds
 
 from ban_jax import bench_input
@@ -28,6 +29,7 @@ from ban_jax.data import augment
 from ban_jax.data import channel_stats
 from ban_jax.data import cifar
 from ban_jax.data import device_epoch
+from ban_jax.data import digits
 from ban_jax.data import load_dataset
 
 # ---------------------------------------------------------------------------
@@ -258,9 +260,14 @@ def test_train_cap_applies_to_the_whole_split_before_sharding(tmp_path):
   np.testing.assert_array_equal(hosts[1].train_labels,
                                 expect["train_labels"][4:8])
   one_host = load_dataset(_config(name="cifar10", archive_path=path,
-                                  max_train_examples=9))
+                                  max_train_examples=9, max_test_examples=3))
   np.testing.assert_array_equal(one_host.train_labels,
                                 expect["train_labels"][:9])
+  # The test cap keeps the first images with their own labels.
+  np.testing.assert_array_equal(one_host.test_labels,
+                                expect["test_labels"][:3])
+  np.testing.assert_array_equal(one_host.test_images,
+                                _nhwc(expect["test_rows"])[:3])
 
 
 class _SystemPayload:
@@ -574,7 +581,7 @@ def _find_crops(images, out, pad=4):
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
                   mode="reflect")
   windows = np.lib.stride_tricks.sliding_window_view(
-      padded, (32, 32), axis=(1, 2))  # (B, 9, 9, C, 32, 32)
+      padded, images.shape[1:3], axis=(1, 2))  # (B, 9, 9, C, 32, 32)
   windows = np.moveaxis(windows, 3, -1)  # (B, 9, 9, 32, 32, C)
   matches = []
   for start in range(0, len(out), 250):
@@ -601,6 +608,11 @@ def test_crops_stay_inside_padded_image_and_flip_half_the_time():
   # Every one of the 81 offsets occurs (about 25 times each).
   offsets = set(map(tuple, which[:, 1:3]))
   assert offsets == {(dy, dx) for dy in range(9) for dx in range(9)}
+  # ... uniformly: each of the 9 shifts along an axis about 2000 / 9 = 222
+  # times (binomial sd 14), none twice as often as the others.
+  for axis in (1, 2):
+    counts = np.bincount(which[:, axis], minlength=9)
+    assert counts.min() >= 160 and counts.max() <= 290, counts
   flip_fraction = which[:, 3].mean()
   assert 0.45 <= flip_fraction <= 0.55, flip_fraction
 
@@ -625,6 +637,24 @@ def test_crop_flip_without_padding_only_flips():
     augment.random_crop_flip(jax.random.key(0), jnp.asarray(images), pad=32)
 
 
+def test_crop_padding_must_be_below_each_side():
+  # 'reflect' mirrors without repeating the edge: pad = side - 1 is the
+  # most it can do, and every output is still one window of that image.
+  images = _coordinate_images(64)[:, :4, :6]  # 4x6
+  out = np.asarray(augment.random_crop_flip(jax.random.key(4),
+                                            jnp.asarray(images), pad=3))
+  # (On so small an image, several windows can be equal.)
+  assert _find_crops(images, out, pad=3).any(axis=(1, 2, 3)).all()
+  for pad, shape, message in [
+      (-1, (32, 32), "pad=-1 must be in [0, 32) for 32x32 images."),
+      (4, (4, 6), "pad=4 must be in [0, 4) for 4x6 images."),
+      (4, (6, 4), "pad=4 must be in [0, 4) for 6x4 images.")]:
+    with pytest.raises(ValueError) as error:
+      augment.random_crop_flip(jax.random.key(0),
+                               jnp.zeros((2,) + shape + (3,), jnp.uint8), pad)
+    assert str(error.value) == message
+
+
 def test_normalize_hand_values():
   pixels = jnp.array([[[[12, 20, 40], [10, 24, 25]]]], jnp.uint8)  # (1,1,2,3)
   out = augment.normalize(pixels, mean=(10.0, 20.0, 30.0), std=(2, 4, 5))
@@ -635,6 +665,13 @@ def test_normalize_hand_values():
   assert half.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(half, np.float32), [[-1.0, 1.0, -0.6]],
                              atol=4e-3)
+  # The arithmetic is float32 and only the result is rounded to bfloat16:
+  # (200 - 125.3) / 1.7 = 43.94 -> 44.0 and (77 - 125.3) / 1.7 = -28.41 ->
+  # -28.375, where bfloat16 arithmetic (mean 125.5, std 1.703125) would
+  # give 43.75 and -28.5.
+  half = augment.normalize(jnp.array([200, 77], jnp.uint8), 125.3, 1.7,
+                           dtype=jnp.bfloat16)
+  np.testing.assert_array_equal(np.asarray(half, np.float32), [44.0, -28.375])
 
 
 def test_evaluation_path_is_untouched():
@@ -676,8 +713,89 @@ def test_epoch_with_remainder_has_no_repeats():
       for s in range(device_epoch.steps_per_epoch(n, batch))])
   assert len(seen) == 96 and len(set(seen.tolist())) == 96
   np.testing.assert_array_equal(seen, np.asarray(perm)[:96])
-  with pytest.raises(ValueError):
-    device_epoch.steps_per_epoch(8, 16)
+
+
+@pytest.mark.parametrize("num_examples, batch_size, steps", [
+    (16, 16, 1), (31, 16, 1), (32, 16, 2),
+    (50000, 128, 390),  # CIFAR: 80 images an epoch are left out.
+    (1347, 64, 21)])    # Digits.
+def test_steps_per_epoch_drops_the_remainder(num_examples, batch_size, steps):
+  assert device_epoch.steps_per_epoch(num_examples, batch_size) == steps
+
+
+@pytest.mark.parametrize("num_examples, batch_size, message", [
+    (8, 16, "batch_size=16 must be in [1, num_examples=8]."),
+    (10, 0, "batch_size=0 must be in [1, num_examples=10]."),
+    (10, -2, "batch_size=-2 must be in [1, num_examples=10]."),
+])
+def test_steps_per_epoch_refuses_bad_batch_sizes(num_examples, batch_size,
+                                                 message):
+  with pytest.raises(ValueError) as error:
+    device_epoch.steps_per_epoch(num_examples, batch_size)
+  assert str(error.value) == message
+
+
+def test_epoch_permutation_is_int32_even_with_x64():
+  with jax.enable_x64(True):
+    perm = device_epoch.epoch_permutation(jax.random.key(0), 10)
+  assert perm.dtype == jnp.int32
+  np.testing.assert_array_equal(np.sort(np.asarray(perm)), np.arange(10))
+
+
+# ---------------------------------------------------------------------------
+# Digits.
+# ---------------------------------------------------------------------------
+
+
+def test_digits_split_is_fixed_stratified_and_rescaled():
+  ds = digits.load()
+  assert (ds.name, ds.num_classes, ds.image_shape) == ("digits", 10, (8, 8, 1))
+  assert ds.label_names == ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+  assert ds.train_images.shape == (1347, 8, 8, 1)
+  assert ds.test_images.shape == (450, 8, 8, 1)
+  assert ds.train_images.dtype == np.uint8 and ds.test_images.dtype == np.uint8
+  assert ds.train_labels.dtype == np.int32 and ds.test_labels.dtype == np.int32
+  # Stratified: each class's test share is its 25% rounded (the classes
+  # have 178, 182, 177, 183, 181, 182, 181, 179, 174, 180 images).
+  np.testing.assert_array_equal(np.bincount(ds.test_labels),
+                                [45, 46, 44, 46, 45, 46, 45, 45, 43, 45])
+  np.testing.assert_array_equal(np.bincount(ds.train_labels),
+                                [133, 136, 133, 137, 136, 136, 136, 134, 131,
+                                 135])
+  # The split of random_state=0, the same everywhere: its first labels, and
+  # its first test images are sklearn's digits 1364, 1579 and 1023.
+  assert ds.train_labels[:8].tolist() == [7, 3, 6, 6, 7, 6, 7, 9]
+  assert ds.test_labels[:8].tolist() == [2, 0, 4, 9, 4, 1, 2, 4]
+  # Levels 0..16 -> round(level * 255 / 16), half to even (127.5 -> 128).
+  levels = np.array([0, 16, 32, 48, 64, 80, 96, 112, 128, 143, 159, 175, 191,
+                     207, 223, 239, 255], np.uint8)
+  raw = sk_datasets.load_digits()
+  np.testing.assert_array_equal(
+      ds.test_images[:3, ..., 0],
+      levels[raw.images[[1364, 1579, 1023]].astype(int)])
+  np.testing.assert_array_equal(
+      np.unique(np.concatenate([ds.train_images, ds.test_images])), levels)
+  # Normalised with the training split's statistics only.
+  assert ds.mean == channel_stats(ds.train_images)[0]
+  assert ds.std == channel_stats(ds.train_images)[1]
+  np.testing.assert_allclose(ds.mean, [ds.train_images.mean()], rtol=1e-12)
+  np.testing.assert_allclose(ds.std, [ds.train_images.std()], rtol=1e-12)
+  assert ds.mean != channel_stats(ds.test_images)[0]
+
+
+def test_load_dataset_caps_digits_and_names_unknown_datasets():
+  full = load_dataset(_config(name="digits"))
+  capped = load_dataset(_config(name="digits", max_train_examples=100,
+                                max_test_examples=30))
+  for split, cap in (("train", 100), ("test", 30)):
+    for part in ("images", "labels"):
+      np.testing.assert_array_equal(getattr(capped, f"{split}_{part}"),
+                                    getattr(full, f"{split}_{part}")[:cap])
+  with pytest.raises(ValueError) as error:
+    load_dataset(_config(name="mnist"))
+  assert str(error.value) == (
+      "Unknown dataset 'mnist'. Valid dataset names: digits, cifar10, "
+      "cifar100.")
 
 
 # ---------------------------------------------------------------------------

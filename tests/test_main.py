@@ -138,11 +138,12 @@ def test_a_blank_workdir_is_refused(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
-def _run(*args, cwd=ROOT):
+def _run(*args, cwd=ROOT, env=None):
   return subprocess.run(
       [sys.executable, "-m", "ban_jax.main", *args], cwd=cwd,
       capture_output=True, text=True, timeout=120,
-      env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+      env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
+           **(env or {})})
 
 
 def test_command_line_errors(tmp_path):
@@ -182,14 +183,23 @@ def test_command_line_errors_about_files(tmp_path):
   assert "Traceback" not in workdir.stderr
 
 
-def test_cifar_configs_load_from_any_working_directory(tmp_path):
+@pytest.mark.parametrize("dataset, name", [("cifar10", "CIFAR-10"),
+                                           ("cifar100", "CIFAR-100")])
+def test_cifar_configs_load_from_any_working_directory(tmp_path, dataset,
+                                                       name):
+  # Only ban_jax on the import path: a PYTHONPATH holding the repository
+  # (as some set-ups have) would make `from configs import` work anyway.
+  path = tmp_path / "path"
+  path.mkdir()
+  (path / "ban_jax").symlink_to(os.path.join(ROOT, "ban_jax"))
   # No CIFAR here: the run gets as far as looking for the data.
-  run = _run(f"--config={ROOT}/configs/cifar10.py:smoke",
+  run = _run(f"--config={ROOT}/configs/{dataset}.py:smoke",
              f"--workdir={tmp_path / 'run'}",
-             f"--config.data.data_dir={tmp_path / 'tfds'}", cwd=tmp_path)
+             f"--config.data.data_dir={tmp_path / 'tfds'}", cwd=tmp_path,
+             env={"PYTHONPATH": str(path)})
   assert run.returncode != 0
   assert "ModuleNotFoundError" not in run.stderr
-  assert "ERROR: " in run.stderr and "CIFAR-10" in run.stderr
+  assert "ERROR: " in run.stderr and f"{name} not found" in run.stderr
 
 
 def test_config_files_that_do_not_load(tmp_path):
