@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ban_jax import config_file
 from ban_jax import distributed
 
 # Our registry names -> the names peer_torch.py prints, for --compare.
@@ -83,21 +84,11 @@ def _base_config_path() -> str:
 def load_config(path: str):
   """A full experiment config from a configs/*.py file (every field the
   trainer reads), to be overridden with the benchmark's recipe."""
-  # pylint: disable=g-import-not-at-top
-  import importlib.machinery
-  import importlib.util
-  # pylint: enable=g-import-not-at-top
   # Config files import each other as `configs.<name>`.
   root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
   if root not in sys.path:
     sys.path.insert(0, root)
-  # Any file name, as Python source (as ml_collections reads --config).
-  spec = importlib.util.spec_from_loader(
-      "_bench_base_config",
-      importlib.machinery.SourceFileLoader("_bench_base_config", path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_file.load(path)
 
 
 def bench_config(base, model: str, batch: int, dtype: str,
@@ -305,7 +296,7 @@ def _rows(args):
   if args.devices:
     devices = devices[:args.devices]
   mesh = parallel.make_mesh(devices)
-  base = load_config(args.config)
+  base = args.base_config
   if not args.steps_per_call:
     args.steps_per_call = base.steps_per_call
   dtype_label = DTYPE_LABELS[jnp.dtype(common.resolve_dtype(args.dtype)).name]
@@ -496,7 +487,8 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
     parser.error(f"--dtype={args.dtype!r}: use auto, "
                  f"{', '.join(DTYPE_LABELS)}.")
   try:
-    load_config(args.config)
+    # Kept for the benchmark, which reads it after every flag is checked.
+    args.base_config = load_config(args.config)
   except Exception as e:  # pylint: disable=broad-except
     parser.error(f"--config={args.config!r} cannot be loaded: "
                  f"{type(e).__name__}: {e}. Pass a configs/*.py file.")

@@ -8,8 +8,6 @@ end the program with one message that says what is wrong and how to fix
 it, and a non-zero exit status; nothing already on disk is touched.
 """
 
-import importlib.machinery
-import importlib.util
 import logging as std_logging
 import os
 import pickle
@@ -19,6 +17,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from ban_jax import config_file
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py[:arguments]).",
@@ -59,13 +59,7 @@ def _load_config_file(argv: list[str]):
   spec = _config_spec(argv)
   if spec is None:
     return None
-  path, argument = spec
-  # As ml_collections reads it: any file name, as Python source.
-  loader = importlib.machinery.SourceFileLoader("_config", path)
-  module_spec = importlib.util.spec_from_loader("_config", loader)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(argument) if argument else module.get_config()
+  return config_file.load(*spec)
 
 
 def unknown_field_message(argv: list[str]) -> str | None:

@@ -126,19 +126,17 @@ def _check_workdir_config(workdir: epath.Path, config) -> None:
     try:
       saved = _settings(json.loads(path.read_text()))
     except ValueError as e:  # Edited, or cut short by an older version.
-      saved, unreadable = None, f"{path} cannot be read ({e})"
-    if saved == current:
-      return
-    if saved is None:
       if _has_trained(workdir):
         raise validation.ConfigError(
-            f"{unreadable}, so the settings of the generations trained in "
-            f"{workdir} cannot be checked. Restore it (results.json keeps a "
-            "copy under \"config\" once a run has finished), or use a new "
-            "--workdir.")
-      logging.warning("%s; nothing was trained there yet, so it is "
-                      "replaced.", unreadable)
+            f"{path} cannot be read ({e}), so the settings of the "
+            f"generations trained in {workdir} cannot be checked. Restore it "
+            "(results.json keeps a copy under \"config\" once a run has "
+            "finished), or use a new --workdir.") from None
+      logging.warning("%s cannot be read (%s); nothing was trained there "
+                      "yet, so it is replaced.", path, e)
     else:
+      if saved == current:
+        return
       changed = sorted(k for k in set(saved) | set(current)
                        if saved.get(k) != current.get(k))
       if _has_trained(workdir):

@@ -83,6 +83,11 @@ def seed_list(config) -> list[int]:
   return list(config.get("seeds", ()) or ()) or [config.seed]
 
 
+def _is_int(value) -> bool:
+  """An int, and not a bool (which Python counts as one)."""
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_fields(config, known=KNOWN_FIELDS) -> None:
   """Fails on a field that looks like a misspelling of a known one.
 
@@ -133,7 +138,7 @@ def _crop_padding(config) -> None:
   pad = config.data.crop_padding
   shape = DATASET_SHAPES.get(config.data.name)
   side = min(shape[0][:2]) if shape else float("inf")
-  if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < side:
+  if not _is_int(pad) or not 0 <= pad < side:
     raise ConfigError(
         f"config.data.crop_padding={pad!r}: the random crop pads each side by "
         f"this many pixels, so it must be an integer in [0, {side}) for "
@@ -169,7 +174,7 @@ def _xla_options(text: str) -> None:
 def _seeds(config) -> None:
   seeds = seed_list(config)
   for seed in seeds:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not _is_int(seed) or seed < 0:
       raise ConfigError(
           f"Seeds must be non-negative integers, got {seed!r} in "
           f"config.seeds={tuple(config.get('seeds', ()))} / "
@@ -321,8 +326,7 @@ def validate(config) -> None:
   for size in config.ensemble_sizes:
     # A float (2.0) would pass the range check and fail only once the whole
     # chain has trained, slicing the generations.
-    if (isinstance(size, bool) or not isinstance(size, int)
-        or not 2 <= size <= config.num_generations):
+    if not _is_int(size) or not 2 <= size <= config.num_generations:
       raise ConfigError(
           f"config.ensemble_sizes has {size!r}: an ensemble Ens*k averages "
           f"generations 1..k, so k must be an integer in 2..num_generations="

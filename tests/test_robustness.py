@@ -147,6 +147,15 @@ def _tiny_state(value=0.0):
           "params": {"w": jnp.full((64,), value, jnp.float32)}}
 
 
+def _two_steps(directory, **options) -> checkpoints.GenerationCheckpoints:
+  """Checkpoints of steps 1 and 2 (w all 1.0, then 2.0), on disk."""
+  ckpt = checkpoints.GenerationCheckpoints(directory, **options)
+  ckpt.save(1, _tiny_state(1.0), {"history": [1]})
+  ckpt.save(2, _tiny_state(2.0), {"history": [1, 2]})
+  ckpt.wait()
+  return ckpt
+
+
 def test_a_non_finite_state_is_never_saved(tmp_path):
   ckpt = checkpoints.GenerationCheckpoints(tmp_path / "gen_0")
   ckpt.save(1, _tiny_state(1.0), {"history": []})
@@ -221,10 +230,7 @@ def _garble(step_dir: pathlib.Path) -> None:
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(
     tmp_path, caplog, damage):
   directory = tmp_path / "checkpoints"
-  ckpt = checkpoints.GenerationCheckpoints(directory)
-  ckpt.save(1, _tiny_state(1.0), {"history": [1]})
-  ckpt.save(2, _tiny_state(2.0), {"history": [1, 2]})
-  ckpt.close()
+  _two_steps(directory).close()
   if damage == "truncated data":
     _garble(directory / "2")
   elif damage == "garbled progress":
@@ -251,10 +257,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(
 
 def test_a_step_set_aside_twice_replaces_the_older_copy(tmp_path):
   directory = tmp_path / "checkpoints"
-  ckpt = checkpoints.GenerationCheckpoints(directory, max_to_keep=5)
-  ckpt.save(1, _tiny_state(1.0), {"history": [1]})
-  ckpt.save(2, _tiny_state(2.0), {"history": [1, 2]})
-  ckpt.wait()
+  ckpt = _two_steps(directory, max_to_keep=5)
   for value in (3.0, 4.0):  # Step 2 is written again, and is bad again.
     (directory / "2" / "progress" / "metadata").write_text("{")
     step, _, _ = ckpt.restore_latest(jax.eval_shape(_tiny_state))
@@ -289,10 +292,7 @@ class _Process:
 def test_on_several_hosts_process_0_sets_aside_and_the_others_wait(
     tmp_path, monkeypatch, index):
   directory = tmp_path / "checkpoints"
-  ckpt = checkpoints.GenerationCheckpoints(directory)
-  ckpt.save(1, _tiny_state(1.0), {"history": [1]})
-  ckpt.save(2, _tiny_state(2.0), {"history": [1, 2]})
-  ckpt.wait()
+  ckpt = _two_steps(directory)
   (directory / "2" / "progress" / "metadata").write_text("{")
   syncs = []
   monkeypatch.setattr(checkpoints, "jax", _Process(index, 2))
@@ -313,10 +313,7 @@ def test_on_several_hosts_process_0_sets_aside_and_the_others_wait(
 def test_a_step_unreadable_on_another_host_is_skipped_here_too(
     tmp_path, monkeypatch):
   directory = tmp_path / "checkpoints"
-  ckpt = checkpoints.GenerationCheckpoints(directory)
-  ckpt.save(1, _tiny_state(1.0), {"history": [1]})
-  ckpt.save(2, _tiny_state(2.0), {"history": [1, 2]})
-  ckpt.wait()
+  ckpt = _two_steps(directory)
   # Both steps read fine here, on process 0; process 1 fails to read step 2.
   others_failed = iter([1, 0])
   gathered = []
