@@ -13,7 +13,9 @@ that step again. A train state with NaN/inf values is never saved: the last
 checkpoint on disk is always one to resume from.
 """
 
+import contextlib
 import json
+import re
 from typing import Any
 
 import jax
@@ -27,6 +29,22 @@ from jax.experimental import multihost_utils
 
 class NonFiniteStateError(FloatingPointError):
   """A train state with NaN or infinite values was about to be saved."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (a full disk, a quota, permissions)."""
+
+
+# TensorStore, which writes Orbax's arrays, reports I/O failures as a
+# ValueError whose message starts with an absl status code:
+# "RESOURCE_EXHAUSTED: Error writing ...: No space left on device".
+_TENSORSTORE_STATUS = re.compile(r"^[A-Z][A-Z_]+: ")
+
+
+def _is_write_failure(error: Exception) -> bool:
+  return isinstance(error, OSError) or (
+      isinstance(error, ValueError)
+      and bool(_TENSORSTORE_STATUS.match(str(error))))
 
 
 def is_finite(tree) -> bool:
@@ -93,10 +111,11 @@ class GenerationCheckpoints:
     # Orbax writes the JSON later, in a background thread, while the caller
     # goes on updating `progress`: save a snapshot of it as it is now.
     snapshot = json.loads(json.dumps(progress))
-    self._manager.save(
-        step, force=True,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                progress=ocp.args.JsonSave(snapshot)))
+    with self._write_failures_explained():
+      self._manager.save(
+          step, force=True,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  progress=ocp.args.JsonSave(snapshot)))
 
   def restore_latest(self, abstract_state: Any
                      ) -> tuple[int, Any, dict[str, Any]] | None:
@@ -151,11 +170,40 @@ class GenerationCheckpoints:
     self._manager.reload()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._write_failures_explained():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      with self._write_failures_explained():
+        self._manager.close()  # Waits too: may raise the same failure.
+
+  @contextlib.contextmanager
+  def _write_failures_explained(self):
+    """Turns a failed write into a CheckpointWriteError saying how to go on.
+
+    Saves are asynchronous: the failure of one surfaces at the next save or
+    wait. Orbax writes each step into a temporary folder and renames it only
+    once complete (and removes leftover temporary folders when it next
+    opens the directory), so every checkpoint already on disk stays whole.
+    """
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_write_failure(e):
+        raise
+      self._manager.reload()  # Forget the step that was not written.
+      last = self.latest_step()
+      resume = ("this generation has no complete checkpoint yet and will "
+                "start again" if last is None else
+                f"this generation will resume from step {last}")
+      raise CheckpointWriteError(
+          f"Could not write a checkpoint in {self.directory}: {e}. Nothing "
+          f"already saved is lost: finished generations are kept and {resume}"
+          ". Free some space (or fix the folder's permissions or quota) and "
+          "rerun the same command.") from e
 
 
 def _problem_anywhere(problem: str | None) -> str | None:

@@ -28,8 +28,6 @@ from absl import logging
 from etils import epath
 from jax.experimental.compilation_cache import compilation_cache
 
-from ban_jax import validation
-
 # The folder this module set last, to tell it from one set by the user.
 _set_here: str | None = None
 
@@ -47,8 +45,9 @@ def cache_path(setting: str, workdir: str | os.PathLike) -> epath.Path | None:
 def enable(setting: str, workdir: str | os.PathLike) -> str | None:
   """Points JAX's compilation cache at `setting`; returns the folder used.
 
-  Must run before the train step is compiled. Raises ConfigError when the
-  folder cannot be made.
+  Must run before the train step is compiled. A folder that cannot be made
+  (a read-only copy of a finished run, say) is a warning, not an error: the
+  run compiles without a cache and computes the same results.
   """
   current = jax.config.jax_compilation_cache_dir
   if current and current != _set_here:
@@ -56,17 +55,19 @@ def enable(setting: str, workdir: str | os.PathLike) -> str | None:
                  "precedence over config.compilation_cache_dir).", current)
     return current
   path = cache_path(setting, workdir)
+  if path is not None:
+    try:
+      path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      logging.warning(
+          "config.compilation_cache_dir=%r: cannot make %s (%s); compiling "
+          "without a cache. Name a folder you can write, or '' to silence "
+          "this.", setting, path, e)
+      path = None
   if path is None:
     if current:  # Set here by an earlier run in this process.
       _point_at(None)
     return None
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise validation.ConfigError(
-        f"config.compilation_cache_dir={setting!r}: cannot make {path} "
-        f"({e}). Name a folder you can write, or '' to compile without a "
-        "cache.") from None
   _point_at(os.fspath(path))
   logging.info("Compilation cache: %s", path)
   return os.fspath(path)

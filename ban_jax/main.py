@@ -35,8 +35,33 @@ flags.register_validator(
 
 
 def _quiet_orbax(record) -> bool:
-  """Drops Orbax's per-save INFO chatter; its warnings still show."""
-  return record.levelno > std_logging.INFO or "/orbax/" not in record.pathname
+  """Drops Orbax's per-save INFO chatter; its warnings and errors still show.
+
+  Orbax logs a failed write at several levels of its stack, each with the
+  same long traceback; its errors keep their one line here, and the
+  program's own last message says what failed and how to go on.
+  """
+  if "/orbax/" not in record.pathname:
+    return True
+  if record.levelno >= std_logging.ERROR:
+    record.exc_info = record.exc_text = None
+  return record.levelno > std_logging.INFO
+
+
+def _unraisable(unraisable) -> None:
+  """Python's hook for exceptions nothing can catch, minus Orbax's echoes.
+
+  After a failed checkpoint write Orbax closes its event loop while
+  TensorStore is still finishing the step's other writes: each of those
+  then fails to reach the closed loop ("Event loop is closed"), and at exit
+  the abandoned write coroutines fail to import anything. Python prints
+  every one as a traceback, dozens in all, that bury the error that counts.
+  """
+  message = str(unraisable.exc_value)
+  if (message == "Event loop is closed"
+      or "Python is likely shutting down" in message):
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 def _config_spec(argv: list[str]) -> tuple[str, str] | None:
@@ -145,13 +170,29 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(message)
 
 
+def _exit_now(message: str) -> None:
+  """Prints `message` and exits at once, with status 1.
+
+  After a failed save Orbax's background threads can wait for signals of
+  that save that never come, up to its 300 s coordination timeout, and
+  Python waits for them before it exits: five idle minutes of a job's
+  accelerators. Everything already saved is on disk by now.
+  """
+  logging.flush()
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)  # pylint: disable=protected-access
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"ERROR: unexpected arguments {' '.join(argv[1:])!r}: every "
              "setting is a flag, e.g. --config.num_epochs=2.")
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  sys.unraisablehook = _unraisable
   # Imported here so that `--help` and flag errors come back at once.
   # pylint: disable=g-import-not-at-top
+  from ban_jax import checkpoints
   from ban_jax import distributed
   from ban_jax import pipeline
   from ban_jax import validation
@@ -167,7 +208,13 @@ def main(argv):
           pickle.UnpicklingError, cifar.UnreadableDataError) as e:
     # The message says what went wrong, where, and how to go on.
     sys.exit(f"ERROR: {e}")
-  logging.info("Wrote %s/results.json, results.md and results.png.",
+  except checkpoints.CheckpointWriteError as e:
+    _exit_now(f"ERROR: {e}")
+  except OSError as e:  # A full disk, a quota, permissions, a network drive.
+    sys.exit(f"ERROR: {e}. Finished generations and their checkpoints are "
+             "kept: fix that, then rerun the same command to go on.")
+  # Not "wrote": a rerun with the same results leaves the files untouched.
+  logging.info("Results: %s/results.md, results.json and results.png.",
                _WORKDIR.value)
 
 

@@ -1,5 +1,10 @@
 """Helpers shared by the end-to-end tests."""
 
+import os
+import subprocess
+
+import pytest
+
 # Wall-clock entries of a history record: they differ between any two runs.
 TIMINGS = ("images_per_second", "seconds_left")
 
@@ -11,3 +16,34 @@ def scores(results):
              for record in g["history"]])
            for g in results["generations"]],
           [(e["name"], e["test_accuracy"]) for e in results["ensembles"]])
+
+
+# Root writes through a folder's modes by these two capabilities.
+_OVERRIDES = "-dac_override,-dac_read_search"
+
+
+def obeying_file_modes(command: list[str]) -> list[str]:
+  """`command`, run so that root obeys file modes as other users do.
+
+  setpriv (util-linux) drops the capabilities from the program it starts;
+  a fresh program, rather than a preexec_fn in a fork of this
+  multithreaded process.
+  """
+  if os.geteuid() != 0:
+    return command
+  return ["setpriv", f"--bounding-set={_OVERRIDES}",
+          f"--inh-caps={_OVERRIDES}", *command]
+
+
+def skip_unless_modes_bind(folder) -> None:
+  """Skips the test if such a command could still write into `folder`."""
+  probe = os.path.join(folder, ".probe")
+  try:
+    touched = subprocess.run(obeying_file_modes(["touch", probe]),
+                             capture_output=True, check=False).returncode
+  except FileNotFoundError:  # No setpriv.
+    touched = 0
+  if touched == 0:
+    if os.path.exists(probe):
+      os.remove(probe)
+    pytest.skip("cannot make a read-only folder bind this user")

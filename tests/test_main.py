@@ -5,6 +5,7 @@ import os
 import pickle
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -86,6 +87,35 @@ def test_orbax_info_is_dropped_and_its_warnings_kept():
   assert not quiet(record(logging.INFO, "/site/orbax/checkpoint/x.py"))
   assert quiet(record(logging.WARNING, "/site/orbax/checkpoint/x.py"))
   assert quiet(record(logging.INFO, "/repo/ban_jax/train.py"))
+  # Orbax's errors stay, without the traceback it repeats at every level.
+  try:
+    raise ValueError("RESOURCE_EXHAUSTED: disk full")
+  except ValueError:
+    error = logging.LogRecord("absl", logging.ERROR, "/site/orbax/c.py", 1,
+                              "save failed", None, sys.exc_info())
+  ours = logging.LogRecord("absl", logging.ERROR, "/repo/ban_jax/x.py", 1,
+                           "ours", None, error.exc_info)
+  assert quiet(error) and error.exc_info is None
+  assert quiet(ours) and ours.exc_info is not None
+
+
+def test_only_orbax_echoes_of_a_failed_write_are_unraisable_noise(
+    monkeypatch):
+  shown = []
+  monkeypatch.setattr(sys, "__unraisablehook__", shown.append)
+
+  def unraisable(error):
+    return types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                                 exc_traceback=None, err_msg=None, object=None)
+
+  echoes = [RuntimeError("Event loop is closed"),
+            ImportError("sys.meta_path is None, Python is likely shutting "
+                        "down")]
+  others = [RuntimeError("Event loop is closed, and more"),
+            ValueError("Event loop is open")]
+  for error in echoes + others:
+    main._unraisable(unraisable(error))  # pylint: disable=protected-access
+  assert [args.exc_value for args in shown] == others
 
 
 @pytest.fixture(name="parsed")
@@ -97,26 +127,47 @@ def _parsed(tmp_path):
   main.flags.FLAGS.unparse_flags()
 
 
-def test_known_errors_of_a_run_are_one_message(monkeypatch, parsed):
+def test_known_errors_of_a_run_are_one_message(monkeypatch, parsed, capsys):
   # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from ban_jax import checkpoints
   from ban_jax import distributed
   from ban_jax import pipeline
   from ban_jax import validation
   from ban_jax.data import cifar
   # pylint: enable=g-import-not-at-top,import-outside-toplevel
   monkeypatch.setattr(distributed, "initialize", lambda: None)
-  for error in (validation.ConfigError("bad value"),
-                FileNotFoundError("no data here"),
-                FloatingPointError("nan loss"),
-                pickle.UnpicklingError("truncated"),
-                cifar.UnreadableDataError("damaged")):
+  monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+  disk_full = OSError(28, "No space left on device")
+  for error, message in (
+      (validation.ConfigError("bad value"), "bad value"),
+      (FileNotFoundError("no data here"), "no data here"),
+      (FloatingPointError("nan loss"), "nan loss"),
+      (pickle.UnpicklingError("truncated"), "truncated"),
+      (cifar.UnreadableDataError("damaged"), "damaged"),
+      (disk_full, "[Errno 28] No space left on device. Finished generations "
+       "and their checkpoints are kept: fix that, then rerun the same "
+       "command to go on.")):
     def run(config, workdir, error=error):
       assert (config.model.name, workdir) == ("wrn10_2", parsed)
       raise error
     monkeypatch.setattr(pipeline, "run", run)
     with pytest.raises(SystemExit) as stop:
       main.main(["prog"])
-    assert stop.value.code == f"ERROR: {error}"
+    assert stop.value.code == f"ERROR: {message}"
+  assert sys.unraisablehook is main._unraisable  # pylint: disable=protected-access
+  # A failed checkpoint write exits at once, not after Orbax's threads.
+  def exit_now(status):
+    raise SystemExit(status)
+  monkeypatch.setattr(main.os, "_exit", exit_now)
+  def fail_to_save(config, workdir):
+    del config, workdir
+    raise checkpoints.CheckpointWriteError("disk full; rerun")
+  monkeypatch.setattr(pipeline, "run", fail_to_save)
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as stop:
+    main.main(["prog"])
+  assert stop.value.code == 1
+  assert capsys.readouterr().err == "ERROR: disk full; rerun\n"
   # Anything else is a bug: its traceback shows.
   monkeypatch.setattr(pipeline, "run", lambda config, workdir: 1 / 0)
   with pytest.raises(ZeroDivisionError):

@@ -1,6 +1,10 @@
 """The born-again chain end to end on the digits, with tiny settings."""
 
 import json
+import pathlib
+import shutil
+import subprocess
+import sys
 
 import chex
 import jax
@@ -14,6 +18,7 @@ from ban_jax import pipeline
 from ban_jax import train
 from ban_jax import validation
 from configs import digits
+from tests import run_results
 from tests.run_results import scores as _scores
 
 
@@ -176,6 +181,41 @@ def test_rerun_loads_finished_generations(chain, monkeypatch):
   # Nor rewritten: the same results leave every file as it was (so a
   # read-only copy of a finished workdir can be rerun).
   assert written() == before
+
+
+def _read_only(folder, read_only=True):
+  for path in [folder, *folder.rglob("*")]:
+    if path.is_dir():
+      path.chmod(0o555 if read_only else 0o755)
+    else:
+      path.chmod(0o444 if read_only else 0o644)
+
+
+def test_a_finished_chain_reruns_from_a_read_only_copy(chain, tmp_path):
+  """Rerunning a finished chain needs no write access to its workdir."""
+  _, workdir, results, _ = chain
+  copy = tmp_path / "read_only"
+  shutil.copytree(workdir, copy)
+  command = [sys.executable, "-m", "ban_jax.main",
+             "--config=configs/digits.py", f"--workdir={copy}",
+             "--config.model.name=wrn10_1", "--config.num_generations=2",
+             "--config.num_epochs=2", "--config.optim.lr_decay_epochs=(1,)"]
+  _read_only(copy)
+  try:
+    run_results.skip_unless_modes_bind(copy)
+    run = subprocess.run(run_results.obeying_file_modes(command),
+                         cwd=pathlib.Path(__file__).parents[1],
+                         capture_output=True, text=True, timeout=300)
+  finally:
+    _read_only(copy, read_only=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  for generation in range(3):
+    assert (f"Generation {generation}: finished earlier; loaded from its "
+            "final checkpoint" in run.stderr)
+  assert " epoch 1/" not in run.stderr  # Nothing trained.
+  assert f"Results: {copy}/results.md" in run.stderr
+  on_disk = json.loads((copy / "results.json").read_text())
+  assert _scores(on_disk) == _scores(results)
 
 
 def test_resume_after_a_crash_mid_generation(chain, tmp_path, monkeypatch):

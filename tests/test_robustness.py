@@ -22,6 +22,7 @@ from ban_jax import pipeline
 from ban_jax import train
 from ban_jax import validation
 from configs import digits
+from tests import run_results
 from tests.run_results import scores as _scores
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def xla_cache(tmp_path_factory):
 
 
 def _main(workdir: pathlib.Path, cache: pathlib.Path, log: pathlib.Path,
-          *overrides: str):
+          *overrides: str, obey_file_modes: bool = False):
   """Starts the real command line on a tiny chain, logging to `log`."""
   command = [
       sys.executable, "-m", "ban_jax.main", "--config=configs/digits.py",
@@ -44,6 +45,8 @@ def _main(workdir: pathlib.Path, cache: pathlib.Path, log: pathlib.Path,
       "--config.optim.lr_decay_epochs=(1,)",
       # Runs after the first load their compiled programs from disk.
       f"--config.compilation_cache_dir={cache}", *overrides]
+  if obey_file_modes:
+    command = run_results.obeying_file_modes(command)
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          # One CPU device compiles fastest; the batch (64) divides it.
          "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
@@ -142,6 +145,36 @@ def test_exploding_learning_rate_stops_with_the_last_good_checkpoint(
   assert progress["epoch_sums"] == {}
 
 
+def test_a_failed_checkpoint_write_is_one_message_and_loses_nothing(
+    tmp_path, xla_cache):
+  # Generation 1's checkpoint folder cannot be written: as a full disk or a
+  # quota would fail it, after generation 0 has finished.
+  gen_1 = tmp_path.resolve() / "seed_0" / "gen_1" / "checkpoints"
+  gen_1.mkdir(parents=True)
+  gen_1.chmod(0o555)
+  run_results.skip_unless_modes_bind(gen_1)
+  log = _finish(_main(tmp_path, xla_cache, tmp_path / "failed.log",
+                      obey_file_modes=True),
+                tmp_path / "failed.log", returncode=1)
+  last = log.strip().splitlines()[-1]
+  assert last.startswith(f"ERROR: Could not write a checkpoint in {gen_1}: ")
+  assert "Permission denied" in last
+  assert last.endswith(
+      "Nothing already saved is lost: finished generations are kept and this "
+      "generation has no complete checkpoint yet and will start again. Free "
+      "some space (or fix the folder's permissions or quota) and rerun the "
+      "same command.")
+  assert "Traceback" not in log
+  assert (tmp_path / "seed_0" / "gen_0" / "result.json").exists()
+
+  gen_1.chmod(0o755)
+  log = _finish(_main(tmp_path, xla_cache, tmp_path / "rerun.log"),
+                tmp_path / "rerun.log")
+  assert "Generation 0: finished earlier" in log
+  assert "gen 0 epoch" not in log and "gen 1 epoch 2/2" in log
+  assert (tmp_path / "results.json").exists()
+
+
 def _tiny_state(value=0.0):
   return {"step": jnp.array(3, jnp.int32),
           "params": {"w": jnp.full((64,), value, jnp.float32)}}
@@ -188,6 +221,50 @@ def test_progress_is_saved_as_it_was_when_save_was_called(tmp_path):
   _, _, latest = checkpoints.GenerationCheckpoints(
       tmp_path / "gen_0").restore_latest(jax.eval_shape(_tiny_state))
   assert latest == saved
+
+
+@pytest.mark.parametrize("failure", [
+    ValueError('RESOURCE_EXHAUSTED: Error writing "step/0": No space left '
+               "on device [os_error_code='28']"),
+    OSError(122, "Disk quota exceeded")])
+def test_a_failed_write_says_where_the_generation_resumes(
+    tmp_path, monkeypatch, failure):
+  directory = tmp_path / "checkpoints"
+  ckpt = _two_steps(directory)
+
+  def fail(*args, **kwargs):
+    del args, kwargs
+    raise failure
+  monkeypatch.setattr(ckpt._manager, "save", fail)  # pylint: disable=protected-access
+  with pytest.raises(checkpoints.CheckpointWriteError) as error:
+    ckpt.save(3, _tiny_state(3.0), {"history": [1, 2, 3]})
+  assert str(error.value) == (
+      f"Could not write a checkpoint in {directory}: {failure}. Nothing "
+      "already saved is lost: finished generations are kept and this "
+      "generation will resume from step 2. Free some space (or fix the "
+      "folder's permissions or quota) and rerun the same command.")
+  assert error.value.__cause__ is failure
+  # Surfacing at wait() (saves are asynchronous), before any step is kept.
+  empty = checkpoints.GenerationCheckpoints(tmp_path / "empty")
+  monkeypatch.setattr(empty._manager, "wait_until_finished", fail)  # pylint: disable=protected-access
+  with pytest.raises(checkpoints.CheckpointWriteError,
+                     match="this generation has no complete checkpoint yet "
+                     "and will start again"):
+    empty.wait()
+
+
+def test_other_errors_of_a_save_are_not_taken_for_write_failures(
+    tmp_path, monkeypatch):
+  ckpt = checkpoints.GenerationCheckpoints(tmp_path / "checkpoints")
+  bug = ValueError("Expected a PyTree of arrays, got <object>")
+
+  def fail(*args, **kwargs):
+    del args, kwargs
+    raise bug
+  monkeypatch.setattr(ckpt._manager, "save", fail)  # pylint: disable=protected-access
+  with pytest.raises(ValueError) as error:
+    ckpt.save(1, _tiny_state(1.0), {})
+  assert error.value is bug
 
 
 # ----------------------------------------------------- corrupt checkpoints
