@@ -195,6 +195,7 @@ def main(argv):
   from ban_jax import checkpoints
   from ban_jax import distributed
   from ban_jax import pipeline
+  from ban_jax import preemption
   from ban_jax import validation
   from ban_jax.data import cifar
   # pylint: enable=g-import-not-at-top
@@ -202,8 +203,12 @@ def main(argv):
     distributed.initialize()
   except ValueError as e:  # A partial or malformed multi-process setting.
     sys.exit(f"ERROR: {e}")
+  preemption.install()
   try:
     pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except preemption.StopRequested as e:
+    print(f"STOPPED: {e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_status)
   except (validation.ConfigError, FileNotFoundError, FloatingPointError,
           pickle.UnpicklingError, cifar.UnreadableDataError) as e:
     # The message says what went wrong, where, and how to go on.

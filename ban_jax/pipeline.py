@@ -25,6 +25,7 @@ from ban_jax import metrics_writer
 from ban_jax import models
 from ban_jax import paper_results
 from ban_jax import parallel
+from ban_jax import preemption
 from ban_jax import report
 from ban_jax import train
 from ban_jax import validation
@@ -235,6 +236,11 @@ def run_generation(config, index: int, teacher: Generation | None,
   teacher_logits = teacher.test_logits if teacher else None
   try:
     if int(parallel.fetch(state.step)) < trainer.total_steps:
+      if preemption.requested():  # Arrived after the last train steps.
+        raise preemption.StopRequested(
+            f"Stopped by {preemption.requested()} before training generation "
+            f"{index}; the generations before it are finished. Rerun the same "
+            "command to continue.", preemption.requested())
       state, progress = train.fit(
           trainer, state, teacher.variables if teacher else None, data,
           train_rng, ckpt, progress, generation=index,
@@ -322,6 +328,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   single-seed run reports).
   """
   validation.validate(config)
+  preemption.reset()  # A request that stopped an earlier run in this process.
   workdir = epath.Path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from ban_jax import feature_losses
 from ban_jax import losses
 from ban_jax import parallel
+from ban_jax import preemption
 from ban_jax.data import augment
 from ban_jax.data import Dataset
 from ban_jax.models import common
@@ -471,11 +472,14 @@ def fit(trainer: GenerationTrainer, state: TrainState,
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums,
                                                        metrics)
       step += n
-      if every and step % every == 0 and step < epoch_end:
+      stop = preemption.reached(step - n + 1, step)
+      if step < epoch_end and (stop or (every and step % every == 0)):
         progress["epoch_sums"] = _host_sums(sums)
         _check_finite(progress["epoch_sums"], generation,
                       f"{first_step}-{step}", ckpt)
         ckpt.save(step, state, progress)
+        if stop:
+          _stop(stop, generation, step, ckpt)
     host_sums = _host_sums(sums)
     seconds = time.perf_counter() - start
     _check_finite(host_sums, generation, f"{first_step}-{step}", ckpt)
@@ -495,8 +499,18 @@ def fit(trainer: GenerationTrainer, state: TrainState,
     ckpt.save(step, state, progress)
     if on_epoch is not None:
       on_epoch(record)
+    if stop and step < total:
+      _stop(stop, generation, step, ckpt)
   ckpt.wait()
   return state, progress
+
+
+def _stop(reason: str, generation: int, step: int, ckpt) -> None:
+  ckpt.wait()  # The checkpoint of `step` is on disk before anyone exits.
+  raise preemption.StopRequested(
+      f"Stopped by {reason} in generation {generation} at step {step}, "
+      f"checkpointed in {ckpt.directory}/{step}. Rerun the same command to "
+      "continue from there.", reason)
 
 
 @functools.partial(jax.jit, static_argnums=1)

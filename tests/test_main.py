@@ -3,6 +3,7 @@
 import logging
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import types
@@ -12,6 +13,15 @@ import pytest
 from ban_jax import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+  """main() takes SIGTERM and SIGINT (ban_jax.preemption): give them back."""
+  handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  yield
+  for signum, handler in handlers.items():
+    signal.signal(signum, handler)
 
 
 def test_misspelt_field_names_it_and_lists_the_valid_ones():
@@ -155,19 +165,27 @@ def test_known_errors_of_a_run_are_one_message(monkeypatch, parsed, capsys):
       main.main(["prog"])
     assert stop.value.code == f"ERROR: {message}"
   assert sys.unraisablehook is main._unraisable  # pylint: disable=protected-access
+
+  def exit_of(error):
+    """main()'s exit status and what it printed, when the run raises `error`."""
+    def run(config, workdir):
+      del config, workdir
+      raise error
+    monkeypatch.setattr(pipeline, "run", run)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+      main.main(["prog"])
+    return stop.value.code, capsys.readouterr().err
+
+  # A stop request: its own line and the signal's exit status.
+  from ban_jax import preemption  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  stopped = preemption.StopRequested("Stopped by SIGINT at step 7.", "SIGINT")
+  assert exit_of(stopped) == (130, "STOPPED: Stopped by SIGINT at step 7.\n")
+  assert signal.getsignal(signal.SIGINT) is preemption._handle  # pylint: disable=protected-access
   # A failed checkpoint write exits at once, not after Orbax's threads.
-  def exit_now(status):
-    raise SystemExit(status)
-  monkeypatch.setattr(main.os, "_exit", exit_now)
-  def fail_to_save(config, workdir):
-    del config, workdir
-    raise checkpoints.CheckpointWriteError("disk full; rerun")
-  monkeypatch.setattr(pipeline, "run", fail_to_save)
-  capsys.readouterr()
-  with pytest.raises(SystemExit) as stop:
-    main.main(["prog"])
-  assert stop.value.code == 1
-  assert capsys.readouterr().err == "ERROR: disk full; rerun\n"
+  monkeypatch.setattr(main.os, "_exit", lambda status: sys.exit(status))
+  assert exit_of(checkpoints.CheckpointWriteError("disk full; rerun")) == (
+      1, "ERROR: disk full; rerun\n")
   # Anything else is a bug: its traceback shows.
   monkeypatch.setattr(pipeline, "run", lambda config, workdir: 1 / 0)
   with pytest.raises(ZeroDivisionError):

@@ -19,9 +19,12 @@ This file is also the worker: `python tests/test_multihost.py WORKDIR OUT`.
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -157,7 +160,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(args, env_extra, devices, log_path):
+def _start(args, env_extra, devices, log_path, script=__file__):
+  """Starts `python [script] args`: this file's worker, or a module (-m)."""
   env = dict(os.environ)
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
                "JAX_PROCESS_ID", "BAN_JAX_DISTRIBUTED"):
@@ -173,14 +177,31 @@ def _start(args, env_extra, devices, log_path):
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   log = open(log_path, "w")  # pylint: disable=consider-using-with
+  script = [os.path.abspath(script)] if script else []
   return subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__)] + args, env=env,
+      [sys.executable, *script, *args], env=env,
       stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log
 
 
 def _tail(path, lines=30):
   with open(path) as f:
     return "".join(f.readlines()[-lines:])
+
+
+def _exit_codes(runs, logs, meanwhile=lambda: None) -> list[int]:
+  """The processes' exit codes, after `meanwhile()`; a hang fails the test."""
+  try:
+    meanwhile()
+    return [proc.wait(timeout=TIMEOUT_S) for proc, _ in runs]
+  except subprocess.TimeoutExpired:
+    pytest.fail(f"A process hung for {TIMEOUT_S} s; last lines:\n" +
+                "\n".join(f"--- {log.name}\n{_tail(log)}" for log in logs))
+  finally:
+    for proc, log in runs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+      log.close()
 
 
 def test_two_processes_match_one(tmp_path):
@@ -199,19 +220,8 @@ def test_two_processes_match_one(tmp_path):
                      tmp_path / "reference.log"))
   logs = [tmp_path / "worker_0.log", tmp_path / "worker_1.log",
           tmp_path / "reference.log"]
-  try:
-    for (proc, _), log in zip(runs, logs):
-      rc = proc.wait(timeout=TIMEOUT_S)
-      assert rc == 0, f"{log.name} exited with {rc}:\n{_tail(log)}"
-  except subprocess.TimeoutExpired:
-    pytest.fail(f"A process hung for {TIMEOUT_S} s; last lines:\n" +
-                "\n".join(f"--- {log.name}\n{_tail(log)}" for log in logs))
-  finally:
-    for proc, log in runs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-      log.close()
+  for code, log in zip(_exit_codes(runs, logs), logs):
+    assert code == 0, f"{log.name} exited with {code}:\n{_tail(log)}"
 
   facts = [json.loads((multi / f"facts_{i}.json").read_text())
            for i in range(2)]
@@ -245,6 +255,45 @@ def test_two_processes_match_one(tmp_path):
     np.testing.assert_allclose(
         [r["train_loss"] for r in got[1]], [r["train_loss"] for r in want[1]],
         rtol=1e-4)
+
+
+def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(
+    tmp_path):
+  """A preemption notice reaches one host; JAX's service tells the other."""
+  port = _free_port()
+  workdir = tmp_path / "workdir"
+  command = ["-m", "ban_jax.main", "--config=configs/digits.py",
+             f"--workdir={workdir}", "--config.model.name=wrn10_1",
+             "--config.num_generations=1", "--config.num_epochs=30",
+             # Several steps per call: every host must see every step id.
+             "--config.steps_per_call=4"]
+  runs = [_start(command, {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                           "JAX_NUM_PROCESSES": "2",
+                           "JAX_PROCESS_ID": str(pid)}, 1,
+                 tmp_path / f"worker_{pid}.log", script=None)
+          for pid in range(2)]
+  logs = [tmp_path / "worker_0.log", tmp_path / "worker_1.log"]
+
+  def signal_host_1_in_epoch_2():
+    deadline = time.monotonic() + TIMEOUT_S
+    while "gen 0 epoch 1/30" not in logs[0].read_text():
+      assert all(proc.poll() is None for proc, _ in runs), _tail(logs[0])
+      assert time.monotonic() < deadline, "no epoch logged"
+      time.sleep(0.05)
+    runs[1][0].send_signal(signal.SIGTERM)
+
+  codes = _exit_codes(runs, logs, signal_host_1_in_epoch_2)
+  assert codes == [143, 143], [_tail(log) for log in logs]
+  last_lines = [log.read_text().strip().splitlines()[-1] for log in logs]
+  assert last_lines[0] == last_lines[1]  # The same step on both hosts.
+  stopped = re.fullmatch(r"STOPPED: Stopped by SIGTERM in generation 0 at "
+                         r"step (\d+), checkpointed in (.*)\. Rerun .*",
+                         last_lines[0])
+  assert stopped, last_lines
+  step = int(stopped[1])
+  assert 21 < step < 30 * 21
+  assert stopped[2] == f"{workdir}/seed_0/gen_0/checkpoints/{step}"
+  assert (workdir / "seed_0" / "gen_0" / "checkpoints" / str(step)).is_dir()
 
 
 # ------------------------------------------------ start-up detection

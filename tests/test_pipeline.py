@@ -15,6 +15,7 @@ from etils import epath
 from ban_jax import checkpoints
 from ban_jax import parallel
 from ban_jax import pipeline
+from ban_jax import preemption
 from ban_jax import train
 from ban_jax import validation
 from configs import digits
@@ -244,6 +245,66 @@ def test_resume_after_a_crash_mid_generation(chain, tmp_path, monkeypatch):
   assert [(c["generation"], c["initial_step"]) for c in spy.calls] == [
       (1, 21), (2, 0)]
   assert _scores(resumed) == _scores(results)  # Exactly, on CPU.
+
+
+@pytest.fixture(name="no_stop_request")
+def _no_stop_request():
+  preemption.reset()
+  yield
+  preemption.reset()
+
+
+def _request_stop_after(monkeypatch, generation, epoch):
+  """Asks to stop, as SIGTERM would, once `generation` logs `epoch`."""
+  log_epoch = pipeline._log_epoch
+
+  def log_then_request(index, num_epochs):
+    log = log_epoch(index, num_epochs)
+
+    def maybe_request(record):
+      log(record)
+      if (index, record["epoch"]) == (generation, epoch):
+        preemption.request("SIGTERM")
+    return maybe_request
+
+  monkeypatch.setattr(pipeline, "_log_epoch", log_then_request)
+
+
+def test_a_stop_request_checkpoints_the_step_reached(
+    chain, tmp_path, monkeypatch, no_stop_request):  # pylint: disable=unused-argument
+  config, _, results, _ = chain
+  _request_stop_after(monkeypatch, generation=1, epoch=1)
+  with pytest.raises(preemption.StopRequested) as stop:
+    pipeline.run(config, str(tmp_path))
+  # One call (one step on the digits) after the request, mid-epoch 2.
+  checkpoints_1 = tmp_path.resolve() / "seed_0" / "gen_1" / "checkpoints"
+  assert str(stop.value) == (
+      f"Stopped by SIGTERM in generation 1 at step 22, checkpointed in "
+      f"{checkpoints_1}/22. Rerun the same command to continue from there.")
+  assert stop.value.exit_status == 143
+  assert checkpoints.GenerationCheckpoints(checkpoints_1).all_steps() == [
+      21, 22]
+  monkeypatch.undo()
+
+  # The request that stopped it does not stop the next run in this process.
+  spy = FitSpy(monkeypatch)
+  resumed = pipeline.run(config, str(tmp_path))
+  assert [(c["generation"], c["initial_step"]) for c in spy.calls] == [
+      (1, 22), (2, 0)]
+  assert _scores(resumed) == _scores(results)  # Exactly, on CPU.
+
+
+def test_a_stop_request_after_the_last_step_stops_before_the_next_generation(
+    tmp_path, monkeypatch, no_stop_request):  # pylint: disable=unused-argument
+  config = tiny_config(num_generations=1)
+  _request_stop_after(monkeypatch, generation=0, epoch=2)  # Its last epoch.
+  spy = FitSpy(monkeypatch)
+  with pytest.raises(preemption.StopRequested,
+                     match="^Stopped by SIGTERM before training generation "
+                     "1; the generations before it are finished"):
+    pipeline.run(config, str(tmp_path))
+  assert [c["generation"] for c in spy.calls] == [0]
+  assert (tmp_path / "seed_0" / "gen_0" / "result.json").exists()
 
 
 def test_extending_a_finished_chain(chain, tmp_path):

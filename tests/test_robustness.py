@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -112,6 +113,42 @@ def test_kill_9_mid_generation_then_rerun_gives_the_same_results(
   expected = json.loads((baseline / "results.json").read_text())
   resumed = json.loads((killed / "results.json").read_text())
   assert _scores(resumed) == _scores(expected)  # Exactly, on CPU.
+
+
+def test_sigterm_checkpoints_the_step_reached_and_the_rerun_goes_on(
+    tmp_path, xla_cache):
+  # Two epochs (0.5 s or more) for the signal to land in generation 0.
+  three_epochs = "--config.num_epochs=3"
+  log_path = tmp_path / "stopped.log"
+  process = _main(tmp_path, xla_cache, log_path, three_epochs)
+  deadline = time.monotonic() + 120
+  try:
+    while "gen 0 epoch 1/3" not in log_path.read_text():
+      assert process.poll() is None, log_path.read_text()[-3000:]
+      assert time.monotonic() < deadline, "no epoch logged"
+      time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  log = log_path.read_text()
+  assert process.returncode == 143, log[-3000:]  # 128 + SIGTERM.
+  stopped = re.fullmatch(
+      r"STOPPED: Stopped by SIGTERM in generation (\d) at step (\d+), "
+      r"checkpointed in (.*)/(\d+)\. Rerun the same command to continue "
+      r"from there\.", log.strip().splitlines()[-1])
+  assert stopped, log[-3000:]
+  # Signalled in epoch 2 of generation 0 (21 steps an epoch, 3 epochs).
+  generation, step = int(stopped[1]), int(stopped[2])
+  assert generation == 0 and 21 < step < 63 and stopped[4] == stopped[2]
+  assert int(stopped[4]) in _committed_steps(pathlib.Path(stopped[3]))
+  assert "Traceback" not in log
+
+  log = _finish(_main(tmp_path, xla_cache, tmp_path / "rerun.log",
+                      three_epochs), tmp_path / "rerun.log")
+  assert f"Generation 0: resuming from checkpoint step {step} of 63." in log
+  assert (tmp_path / "results.json").exists()
 
 
 def test_exploding_learning_rate_stops_with_the_last_good_checkpoint(
