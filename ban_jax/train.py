@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from flax import linen as nn
 from jax.sharding import Mesh
 
@@ -443,7 +442,9 @@ def fit(trainer: GenerationTrainer, state: TrainState,
   Every random choice is a function of (rng, step) or (rng, epoch), so a run
   resumed from a checkpoint takes exactly the steps an uninterrupted run
   takes. `progress` (history and the current epoch's partial sums) travels
-  in the checkpoint for the same reason.
+  in the checkpoint for the same reason. A stop request (SIGTERM, Ctrl-C:
+  `ban_jax.preemption`) checkpoints the step reached, mid-epoch or not, and
+  raises `preemption.StopRequested`.
   """
   config = trainer.config
   perm_rng, step_rng = jax.random.split(rng)
