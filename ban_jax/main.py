@@ -129,7 +129,7 @@ def config_file_message(argv: list[str]) -> str | None:
   if spec is None:
     return None
   try:
-    _load_config_file(argv)
+    config_file.load(*spec)
   except Exception as e:  # pylint: disable=broad-except
     if isinstance(e, AttributeError) and "'get_config'" in str(e):
       return (f"ERROR: config file {spec[0]!r} has no get_config(). Pass a "

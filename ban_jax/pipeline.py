@@ -236,11 +236,12 @@ def run_generation(config, index: int, teacher: Generation | None,
   teacher_logits = teacher.test_logits if teacher else None
   try:
     if int(parallel.fetch(state.step)) < trainer.total_steps:
-      if preemption.requested():  # Arrived after the last train steps.
+      stop = preemption.requested()  # Arrived after the last train steps.
+      if stop:
         raise preemption.StopRequested(
-            f"Stopped by {preemption.requested()} before training generation "
-            f"{index}; the generations before it are finished. Rerun the same "
-            "command to continue.", preemption.requested())
+            f"Stopped by {stop} before training generation {index}; the "
+            "generations before it are finished. Rerun the same command to "
+            "continue.", stop)
       state, progress = train.fit(
           trainer, state, teacher.variables if teacher else None, data,
           train_rng, ckpt, progress, generation=index,

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -47,3 +48,18 @@ def skip_unless_modes_bind(folder) -> None:
     if os.path.exists(probe):
       os.remove(probe)
     pytest.skip("cannot make a read-only folder bind this user")
+
+
+def wait_until(condition, processes, log_path, what: str,
+               timeout: float = 120) -> None:
+  """Polls `condition()` until it holds, while every process still runs.
+
+  Fails, with the end of `log_path`, if a process ends first or `timeout`
+  seconds pass: `what` names the awaited moment in the message.
+  """
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert all(p.poll() is None for p in processes), (
+        f"ended before {what}:\n" + open(log_path).read()[-3000:])
+    assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+    time.sleep(0.02)

@@ -24,12 +24,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from ban_jax import distributed
+from tests import run_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 240
@@ -275,11 +275,10 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(
   logs = [tmp_path / "worker_0.log", tmp_path / "worker_1.log"]
 
   def signal_host_1_in_epoch_2():
-    deadline = time.monotonic() + TIMEOUT_S
-    while "gen 0 epoch 1/30" not in logs[0].read_text():
-      assert all(proc.poll() is None for proc, _ in runs), _tail(logs[0])
-      assert time.monotonic() < deadline, "no epoch logged"
-      time.sleep(0.05)
+    run_results.wait_until(
+        lambda: "gen 0 epoch 1/30" in logs[0].read_text(),
+        [proc for proc, _ in runs], logs[0], "epoch 1 of generation 0",
+        timeout=TIMEOUT_S)
     runs[1][0].send_signal(signal.SIGTERM)
 
   codes = _exit_codes(runs, logs, signal_host_1_in_epoch_2)

@@ -219,20 +219,28 @@ def test_a_finished_chain_reruns_from_a_read_only_copy(chain, tmp_path):
   assert _scores(on_disk) == _scores(results)
 
 
-def test_resume_after_a_crash_mid_generation(chain, tmp_path, monkeypatch):
-  config, _, results, _ = chain
+def _after_epoch(monkeypatch, generation, epoch, action):
+  """Calls `action()` once `generation` has logged `epoch` (and saved it)."""
   log_epoch = pipeline._log_epoch
 
-  def crash_in_generation_1(generation, num_epochs):
-    log = log_epoch(generation, num_epochs)
+  def log_then_act(index, num_epochs):
+    log = log_epoch(index, num_epochs)
 
-    def maybe_crash(record):
+    def maybe_act(record):
       log(record)
-      if generation == 1 and record["epoch"] == 1:
-        raise KeyboardInterrupt("simulated crash")
-    return maybe_crash
+      if (index, record["epoch"]) == (generation, epoch):
+        action()
+    return maybe_act
 
-  monkeypatch.setattr(pipeline, "_log_epoch", crash_in_generation_1)
+  monkeypatch.setattr(pipeline, "_log_epoch", log_then_act)
+
+
+def test_resume_after_a_crash_mid_generation(chain, tmp_path, monkeypatch):
+  config, _, results, _ = chain
+
+  def crash():
+    raise KeyboardInterrupt("simulated crash")
+  _after_epoch(monkeypatch, generation=1, epoch=1, action=crash)
   with pytest.raises(KeyboardInterrupt):
     pipeline.run(config, str(tmp_path))
   assert (tmp_path / "seed_0" / "gen_0" / "result.json").exists()
@@ -256,18 +264,8 @@ def _no_stop_request():
 
 def _request_stop_after(monkeypatch, generation, epoch):
   """Asks to stop, as SIGTERM would, once `generation` logs `epoch`."""
-  log_epoch = pipeline._log_epoch
-
-  def log_then_request(index, num_epochs):
-    log = log_epoch(index, num_epochs)
-
-    def maybe_request(record):
-      log(record)
-      if (index, record["epoch"]) == (generation, epoch):
-        preemption.request("SIGTERM")
-    return maybe_request
-
-  monkeypatch.setattr(pipeline, "_log_epoch", log_then_request)
+  _after_epoch(monkeypatch, generation, epoch,
+               lambda: preemption.request("SIGTERM"))
 
 
 def test_a_stop_request_checkpoints_the_step_reached(
