@@ -217,3 +217,22 @@ def stage_features(intermediates: Mapping[str, Any]
   pairs = [(found[(k, "in")], found[(k, "out")]) for k in stages]
   outputs = [found[(k, "out")] for k in stages]
   return pairs, outputs
+
+
+def uses_features(distill) -> bool:
+  """Whether the config adds a feature-level term (AT or FSP)."""
+  return bool(distill.attention_weight or distill.fsp_weight)
+
+
+def weighted_feature_loss(distill, student_intermediates,
+                          teacher_intermediates) -> jax.Array:
+  """The weighted attention-transfer and FSP terms between two networks."""
+  student_pairs, student_outputs = stage_features(student_intermediates)
+  teacher_pairs, teacher_outputs = stage_features(teacher_intermediates)
+  loss = jnp.zeros((), jnp.float32)
+  if distill.attention_weight:
+    loss += distill.attention_weight * attention_transfer_loss(
+        student_outputs, teacher_outputs)
+  if distill.fsp_weight:
+    loss += distill.fsp_weight * fsp_loss(student_pairs, teacher_pairs)
+  return loss

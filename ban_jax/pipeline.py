@@ -19,17 +19,18 @@ from absl import logging
 from etils import epath
 from flax import linen as nn
 
-from ban_jax import checkpoints
-from ban_jax import compile_cache
-from ban_jax import metrics_writer
+from ban_jax import errors
 from ban_jax import models
-from ban_jax import paper_results
-from ban_jax import parallel
-from ban_jax import preemption
-from ban_jax import report
 from ban_jax import train
 from ban_jax import validation
 from ban_jax.data import load_dataset
+from ban_jax.reporting import paper_results
+from ban_jax.reporting import report
+from ban_jax.runtime import checkpoints
+from ban_jax.runtime import compilation
+from ban_jax.runtime import metrics_writer
+from ban_jax.runtime import parallel
+from ban_jax.runtime import preemption
 
 # Config fields that may change between reruns of one workdir: they do not
 # change what a finished generation computed (the data fields only say
@@ -128,7 +129,7 @@ def _check_workdir_config(workdir: epath.Path, config) -> None:
       saved = _settings(json.loads(path.read_text()))
     except ValueError as e:  # Edited, or cut short by an older version.
       if _has_trained(workdir):
-        raise validation.ConfigError(
+        raise errors.ConfigError(
             f"{path} cannot be read ({e}), so the settings of the "
             f"generations trained in {workdir} cannot be checked. Restore it "
             "(results.json keeps a copy under \"config\" once a run has "
@@ -144,7 +145,7 @@ def _check_workdir_config(workdir: epath.Path, config) -> None:
         described = "; ".join(
             f"{k}: {saved.get(k, '(unset)')!r} there, "
             f"{current.get(k, '(unset)')!r} now" for k in changed)
-        raise validation.ConfigError(
+        raise errors.ConfigError(
             f"{workdir} holds generations trained with other settings "
             f"({described}). Use a new --workdir, or rerun with the "
             f"settings in {path}.")
@@ -225,7 +226,7 @@ def run_generation(config, index: int, teacher: Generation | None,
                    "checkpoint (step %d).", index, step)
   else:
     if result_path.exists():
-      raise FileNotFoundError(
+      raise errors.WorkdirError(
           f"Generation {index} is marked finished ({result_path}) but has no "
           f"readable checkpoint in {ckpt.directory}; delete {gen_dir} to "
           "retrain it.")
@@ -335,10 +336,10 @@ def run(config, workdir: str) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir_config(workdir, config)
   except OSError as e:
-    raise validation.ConfigError(
+    raise errors.ConfigError(
         f"Cannot use --workdir={workdir}: {e}. Name a folder you can write "
         "(it is made if missing).") from None
-  compile_cache.enable(config.get("compilation_cache_dir", ""), workdir)
+  compilation.enable(config.get("compilation_cache_dir", ""), workdir)
   dataset = load_dataset(config.data)
   mesh = parallel.make_mesh()
   data = train.put_dataset(dataset, mesh, config.eval_batch_size)

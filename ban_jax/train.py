@@ -25,11 +25,13 @@ from jax.sharding import Mesh
 
 from ban_jax import feature_losses
 from ban_jax import losses
-from ban_jax import parallel
-from ban_jax import preemption
 from ban_jax.data import augment
 from ban_jax.data import Dataset
+from ban_jax.errors import NonFiniteLossError
 from ban_jax.models import common
+from ban_jax.runtime import compilation
+from ban_jax.runtime import parallel
+from ban_jax.runtime import preemption
 
 Variables = dict[str, Any]
 
@@ -85,48 +87,6 @@ def make_optimizer(optim, steps_per_epoch: int,
 # ------------------------------------------------------------------- steps
 
 
-def xla_compiler_options(text: str) -> dict[str, str]:
-  """`config.xla_options` -> XLA compile options of the train step.
-
-  The text is `name=value` pairs separated by ';' (values may hold commas,
-  as in `xla_gpu_enable_command_buffer=FUSION,CUDNN`). They apply to
-  the train step alone, unlike XLA_FLAGS, so that one process can compare
-  settings (`python -m ban_jax.bench --xla_options=...`).
-  """
-  options = {}
-  for item in filter(None, (part.strip() for part in text.split(";"))):
-    name, sep, value = item.partition("=")
-    name = name.strip()
-    if not sep or not name.startswith("xla_"):
-      raise ValueError(
-          f"xla_options item {item!r} is not 'xla_<option>=<value>'; "
-          "separate items with ';'.")
-    options[name] = value.strip()
-  return options
-
-
-def uses_features(distill) -> bool:
-  """Whether the config adds a feature-level term (AT or FSP)."""
-  return bool(distill.attention_weight or distill.fsp_weight)
-
-
-def feature_loss(distill, student_intermediates, teacher_intermediates
-                 ) -> jax.Array:
-  """The weighted attention-transfer and FSP terms between two networks."""
-  student_pairs, student_outputs = feature_losses.stage_features(
-      student_intermediates)
-  teacher_pairs, teacher_outputs = feature_losses.stage_features(
-      teacher_intermediates)
-  loss = jnp.zeros((), jnp.float32)
-  if distill.attention_weight:
-    loss += distill.attention_weight * feature_losses.attention_transfer_loss(
-        student_outputs, teacher_outputs)
-  if distill.fsp_weight:
-    loss += distill.fsp_weight * feature_losses.fsp_loss(student_pairs,
-                                                         teacher_pairs)
-  return loss
-
-
 def student_update(state: TrainState, tx: optax.GradientTransformation,
                    student: nn.Module, images: jax.Array, labels: jax.Array,
                    teacher_logits: jax.Array | None, rng: jax.Array,
@@ -140,7 +100,8 @@ def student_update(state: TrainState, tx: optax.GradientTransformation,
   is needed only when the config adds a feature-level term.
   """
   dropout_rng, loss_rng = jax.random.split(rng)
-  with_features = teacher_logits is not None and uses_features(distill)
+  with_features = (teacher_logits is not None
+                   and feature_losses.uses_features(distill))
   if teacher_logits is not None:
     teacher_logits = jax.lax.stop_gradient(teacher_logits)
 
@@ -159,8 +120,9 @@ def student_update(state: TrainState, tx: optax.GradientTransformation,
           teacher_weight=distill.teacher_weight,
           dkpp_keep_argmax=distill.dkpp_keep_argmax)
     if with_features:
-      loss += feature_loss(distill, new_vars["intermediates"],
-                           jax.lax.stop_gradient(teacher_intermediates))
+      loss += feature_losses.weighted_feature_loss(
+          distill, new_vars["intermediates"],
+          jax.lax.stop_gradient(teacher_intermediates))
     return loss, (logits, new_vars.get("batch_stats", {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
@@ -206,7 +168,7 @@ def put_dataset(dataset: Dataset, mesh: Mesh, eval_batch_size: int
       [dataset.test_images,
        np.zeros((pad,) + dataset.test_images.shape[1:], np.uint8)])
   # Several hosts: each keeps only its block of the train split (see
-  # ban_jax/parallel.py); the test split is whole on every host.
+  # ban_jax/runtime/parallel.py); the test split is whole on every host.
   train_images, train_labels = parallel.put_train_split(
       (dataset.train_images, dataset.train_labels.astype(np.int32)), mesh)
   test_images = parallel.put_replicated(test_images, mesh)
@@ -318,7 +280,8 @@ class GenerationTrainer:
     images, labels, rng = self._batch_from_device(
         state, data_images, data_labels, perm, rng)
     teacher_logits = teacher_intermediates = None
-    if self.teacher is not None and uses_features(self.config.distill):
+    with_features = feature_losses.uses_features(self.config.distill)
+    if self.teacher is not None and with_features:
       teacher_logits, sown = self.teacher.apply(
           teacher_vars, images, train=False, mutable=["intermediates"])
       teacher_intermediates = sown["intermediates"]
@@ -362,7 +325,7 @@ class GenerationTrainer:
 
       self._train_steps[num_steps] = jax.jit(
           run, donate_argnums=(0,), out_shardings=self._replicated,
-          compiler_options=xla_compiler_options(
+          compiler_options=compilation.xla_compiler_options(
               self.config.get("xla_options", "")) or None)
     return self._train_steps[num_steps]
 
@@ -390,10 +353,6 @@ def _predict(module, eval_batch_size, mean, std, batch_sharding, variables,
 
 
 # ------------------------------------------------------------ epoch loop
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN or infinite loss."""
 
 
 def _host_sums(sums) -> dict[str, float]:
@@ -443,7 +402,7 @@ def fit(trainer: GenerationTrainer, state: TrainState,
   resumed from a checkpoint takes exactly the steps an uninterrupted run
   takes. `progress` (history and the current epoch's partial sums) travels
   in the checkpoint for the same reason. A stop request (SIGTERM, Ctrl-C:
-  `ban_jax.preemption`) checkpoints the step reached, mid-epoch or not, and
+  `ban_jax.runtime.preemption`) checkpoints the step reached, mid-epoch or not, and
   raises `preemption.StopRequested`.
   """
   config = trainer.config

@@ -23,15 +23,13 @@ from absl import logging
 from ban_jax import feature_losses
 from ban_jax import losses
 from ban_jax import models
-from ban_jax import paper_results
-from ban_jax import train
 from ban_jax.data import DATA_SOURCES
+from ban_jax.data import DATASET_SHAPES
 from ban_jax.data import DATASET_NAMES
+from ban_jax.errors import ConfigError
 from ban_jax.models import common
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work, with the way to fix it."""
+from ban_jax.reporting import paper_results
+from ban_jax.runtime import compilation
 
 
 # Every field some part of ban_jax reads (configs/digits.py and
@@ -53,14 +51,6 @@ KNOWN_FIELDS = (
     "checkpoint_every_steps", "steps_per_call", "xla_options",
     "compilation_cache_dir",
 )
-
-# (height, width, channels) and classes of each dataset, so that models can
-# be checked against it without loading it.
-DATASET_SHAPES = {
-    "digits": ((8, 8, 1), 10),
-    "cifar10": ((32, 32, 3), 10),
-    "cifar100": ((32, 32, 3), 100),
-}
 
 # Image side at which a model's total downsampling is measured: a power of
 # two large enough that every stride divides it.
@@ -157,7 +147,7 @@ def check_batch_fits(config, num_train: int) -> None:
 def _xla_options(text: str) -> None:
   """Format, names and values, checked by compiling a trivial program."""
   try:
-    options = train.xla_compiler_options(text)
+    options = compilation.xla_compiler_options(text)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if not options:
@@ -273,8 +263,9 @@ def _models_take_the_dataset(config) -> None:
   distill = config.distill
   if distill.get("attention_weight", 0) or distill.get("fsp_weight", 0):
     try:
-      jax.eval_shape(lambda s, t: train.feature_loss(distill, s, t),
-                     student_sown, teacher_sown)
+      jax.eval_shape(
+          lambda s, t: feature_losses.weighted_feature_loss(distill, s, t),
+          student_sown, teacher_sown)
     except ValueError as e:
       raise ConfigError(
           "config.distill.attention_weight / fsp_weight: the feature terms "

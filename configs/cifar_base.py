@@ -24,7 +24,7 @@ e.g. `--config=configs/cifar100.py:model=densenet112_33,loss=cwtm`.
 
 import ml_collections
 
-from ban_jax import paper_results
+from ban_jax.reporting import paper_results
 from configs import digits
 
 _KEYS = ("model", "student", "loss", "generations", "seeds")

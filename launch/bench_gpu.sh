@@ -23,7 +23,7 @@
 set -u
 OUT=${OUT:-bench_out}
 PEER_DIR=${PEER_DIR:-.peer}
-# Each word is one ban_jax.bench process (one time limit each).
+# Each word is one ban_jax.tools.bench process (one time limit each).
 MODELS=${MODELS:-resnet18,wrn28_10 densenet100_12}
 # The peer's best mode per model (../shared/bench/README.md): eager fp32
 # for ResNet-18 and DenseNet (bf16 is run beside it), torch.compile for WRN.
@@ -73,7 +73,7 @@ for models in $MODELS; do
   # DenseNet-BC-100's two step programs take about 76 + 45 s to compile.
   case $models in *densenet*) limit=200;; *) limit=120;; esac
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags.
-  timeout $limit python3 -m ban_jax.bench --models="$models" $BENCH_ARGS \
+  timeout $limit python3 -m ban_jax.tools.bench --models="$models" $BENCH_ARGS \
     >> "$OUT/ours.log" 2>&1
   check "ban_jax $models"
 done
@@ -81,7 +81,7 @@ grep '^{' "$OUT/ours.log" > "$OUT/ours.jsonl"
 
 python3 - "$OUT" <<'EOF'
 import json, os, sys
-from ban_jax import bench
+from ban_jax.tools import bench
 out = sys.argv[1]
 def read(name):
   with open(os.path.join(out, name)) as f:

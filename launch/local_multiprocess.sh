@@ -10,7 +10,7 @@
 # Environment: NPROC (default 2) processes; PER_GPU=1 gives process i only
 # GPU i (JAX_LOCAL_DEVICE_IDS), otherwise each sees every local device;
 # CPU_DEVICES=k runs on the CPU with k virtual devices per process; PORT
-# (default: a free one); MODULE (default ban_jax.main, or ban_jax.bench);
+# (default: a free one); MODULE (default ban_jax.main, or ban_jax.tools.bench);
 # LOG_DIR for processes 1.. (process 0 writes to this terminal). If one
 # process fails, the others are stopped and the exit code is its own.
 set -euo pipefail

@@ -5,7 +5,7 @@
 #   launch/single_node.sh --config=configs/cifar100.py --workdir=runs/c100
 #   GPUS=0,1,2,3 launch/single_node.sh --config=configs/cifar100.py \
 #       --workdir=runs/c100_4gpu
-#   MODULE=ban_jax.bench launch/single_node.sh --models=resnet18
+#   MODULE=ban_jax.tools.bench launch/single_node.sh --models=resnet18
 #
 # Environment: GPUS (default: all) restricts the devices; MODULE (default
 # ban_jax.main). Extra arguments go to the module.

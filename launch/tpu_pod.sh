@@ -9,7 +9,7 @@
 #       --config.data.archive_path=../data --workdir=gs://BUCKET/runs/c100
 #   DETACH=1 launch/tpu_pod.sh run ...           # survives a dropped ssh;
 #                                                # log in ~/ban_jax.log
-#   MODULE=ban_jax.bench launch/tpu_pod.sh run --models=wrn28_10
+#   MODULE=ban_jax.tools.bench launch/tpu_pod.sh run --models=wrn28_10
 #
 # REMOTE_DIR (default ban_jax) is the checkout's folder in each worker's
 # home; PROJECT sets the gcloud project.

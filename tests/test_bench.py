@@ -1,4 +1,4 @@
-"""`python -m ban_jax.bench` on the CPU with tiny settings: its output."""
+"""`python -m ban_jax.tools.bench` on the CPU with tiny settings: its output."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from ban_jax import bench
+from ban_jax.tools import bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_KEYS = ("impl", "model", "mode", "batch", "img_per_s")
@@ -23,7 +23,7 @@ def test_bench_prints_json_lines_and_a_table(tmp_path):
              XLA_FLAGS="--xla_force_host_platform_device_count=2 "
              "--xla_backend_optimization_level=0")
   proc = subprocess.run(
-      [sys.executable, "-m", "ban_jax.bench", "--models=wrn10_1",
+      [sys.executable, "-m", "ban_jax.tools.bench", "--models=wrn10_1",
        "--batch_sizes=16", "--steps=2", "--warmup=1", "--image_size=8",
        "--num_examples=48", "--steps_per_call=2",
        f"--profile_dir={tmp_path}", "--profile_steps=1"],

@@ -23,14 +23,14 @@ import pytest
 from sklearn import datasets as sk_datasets
 import tensorflow_datasets as tfds
 
-from ban_jax import bench_input
-from ban_jax.bench_input import main as bench_input_main
 from ban_jax.data import augment
 from ban_jax.data import channel_stats
 from ban_jax.data import cifar
 from ban_jax.data import device_epoch
 from ban_jax.data import digits
 from ban_jax.data import load_dataset
+from ban_jax.tools import bench_input
+from ban_jax.tools.bench_input import main as bench_input_main
 
 # ---------------------------------------------------------------------------
 # Writing CIFAR archives in the real format.

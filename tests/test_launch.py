@@ -7,7 +7,7 @@ TPU worker, each with its own home directory, and `scp` copies into those
 homes; `sbatch` runs the script from a spool copy with a batch step's SLURM
 variables, and `srun` runs its command once per task with the task's.
 What each process would see is then checked: its exact arguments, and that
-`ban_jax.distributed.detect` (and JAX, for SLURM) finds the right process
+`ban_jax.runtime.distributed.detect` (and JAX, for SLURM) finds the right process
 layout. Nothing here needs a network, a GPU, gcloud or SLURM.
 """
 
@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from ban_jax import distributed
+from ban_jax.runtime import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
@@ -137,7 +137,7 @@ def python3():
     time.sleep(60)
   models = [a.split("=", 1)[1] if "=" in a else ARGS[ARGS.index(a) + 1]
             for a in ARGS if a.startswith("--models")]
-  if models:  # ban_jax.bench or the peer: one result row.
+  if models:  # ban_jax.tools.bench or the peer: one result row.
     impl = "torch" if ARGS[0].endswith("peer_torch.py") else "ban_jax"
     print(json.dumps({{"impl": impl, "model": models[0].split(",")[0],
                        "mode": "step", "batch": 128, "img_per_s": 10.0}}))
@@ -232,10 +232,10 @@ def test_tpu_run_without_arguments_passes_none(fakes):
   # printf '%q ' with no arguments printed '': one empty argument.
   for i in range(NUM_WORKERS):
     (fakes.homes / f"worker{i}" / "src").mkdir()
-  proc = fakes([f"{LAUNCH}/tpu_pod.sh", "run"], MODULE="ban_jax.bench",
+  proc = fakes([f"{LAUNCH}/tpu_pod.sh", "run"], MODULE="ban_jax.tools.bench",
                REMOTE_DIR="src", **TPU_ENV)
   assert proc.returncode == 0, proc.stderr
-  assert _python_argv(proc) == [["-m", "ban_jax.bench"]] * NUM_WORKERS
+  assert _python_argv(proc) == [["-m", "ban_jax.tools.bench"]] * NUM_WORKERS
   assert _calls(proc, "python3")[0]["cwd"] == str(
       fakes.homes / "worker0" / "src")
 
@@ -469,10 +469,10 @@ def test_local_processes_find_each_other(fakes):
 def test_local_cpu_rehearsal_settings(fakes):
   proc = fakes([f"{LAUNCH}/local_multiprocess.sh", "--x=1"], NPROC="2",
                CPU_DEVICES="2", PER_GPU="0", PORT="4321",
-               MODULE="ban_jax.bench")
+               MODULE="ban_jax.tools.bench")
   assert proc.returncode == 0, proc.stderr
   for run in _calls(proc, "python3"):
-    assert run["argv"] == ["-m", "ban_jax.bench", "--x=1"]
+    assert run["argv"] == ["-m", "ban_jax.tools.bench", "--x=1"]
     assert run["env"]["JAX_PLATFORMS"] == "cpu"
     assert run["env"]["XLA_FLAGS"] == (
         " --xla_force_host_platform_device_count=2")
@@ -514,9 +514,9 @@ def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
       [".peer/peer_torch.py", "--models", "resnet18,densenet_bc100",
        "--modes", "fp32,bf16"],
       [".peer/peer_torch.py", "--models", "wrn28_10", "--modes", "compile"],
-      ["-m", "ban_jax.bench", "--models=resnet18,wrn28_10", "--steps=2",
+      ["-m", "ban_jax.tools.bench", "--models=resnet18,wrn28_10", "--steps=2",
        "--warmup=1"],
-      ["-m", "ban_jax.bench", "--models=densenet100_12", "--steps=2",
+      ["-m", "ban_jax.tools.bench", "--models=densenet100_12", "--steps=2",
        "--warmup=1"]]
   table = (out / "table.md").read_text()
   assert "| ban_jax | resnet18 | step | 128 | 10.0 |" in table
@@ -525,7 +525,7 @@ def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
                PYTHONPATH=REPO, OUT=str(out), MODELS="resnet18",
                PEER_EAGER="", PEER_COMPILE="")
   assert good.returncode == 0, good.stderr
-  assert _python_argv(good) == [["-m", "ban_jax.bench", "--models=resnet18"]]
+  assert _python_argv(good) == [["-m", "ban_jax.tools.bench", "--models=resnet18"]]
 
 
 # ----------------------------------------------------- the README's commands

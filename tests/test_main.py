@@ -10,14 +10,16 @@ import types
 
 import pytest
 
+from ban_jax import config_file
 from ban_jax import main
+from ban_jax.runtime import logs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
 def _signal_handlers_restored():
-  """main() takes SIGTERM and SIGINT (ban_jax.preemption): give them back."""
+  """main() takes SIGTERM and SIGINT (ban_jax.runtime.preemption): give them back."""
   handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
   yield
   for signum, handler in handlers.items():
@@ -25,7 +27,7 @@ def _signal_handlers_restored():
 
 
 def test_misspelt_field_names_it_and_lists_the_valid_ones():
-  message = main.unknown_field_message(
+  message = config_file.unknown_field_message(
       ["prog", "--config=configs/digits.py", "--config.num_generations=2",
        "--config.distill.tempreature=2"])
   assert message.startswith(
@@ -35,13 +37,13 @@ def test_misspelt_field_names_it_and_lists_the_valid_ones():
 
 
 def test_config_argument_is_used_to_find_fields():
-  message = main.unknown_field_message(
+  message = config_file.unknown_field_message(
       ["prog", "--config=configs/cifar100.py:smoke", "--config.data.sorce=x"])
   assert "config.data.sorce" in message and "archive_path" in message
 
 
 def test_config_spec_takes_the_last_config():
-  spec = main._config_spec  # pylint: disable=protected-access
+  spec = config_file.config_spec  # pylint: disable=protected-access
   assert spec(["prog", "--config=a.py", "--config", "b.py:x",
                "--config=c.py:y"]) == ("c.py", "y")
   assert spec(["prog", "--config=a.py", "--config"]) == ("a.py", "")
@@ -57,14 +59,14 @@ def test_fields_come_from_the_config_with_its_argument(tmp_path):
       "  if arg == 'big':\n"
       "    config.b = 2\n"
       "  return config\n")
-  assert main.unknown_field_message(
+  assert config_file.unknown_field_message(
       ["prog", f"--config={path}:big", "--config.b=3"]) is None
-  assert main.unknown_field_message(
+  assert config_file.unknown_field_message(
       ["prog", f"--config={path}", "--config.b=3"]) == (
           "Unknown config field config.b (in --config.b=3). Valid fields of "
           "config: a.")
   # A field under a value that has none.
-  assert main.unknown_field_message(
+  assert config_file.unknown_field_message(
       ["prog", f"--config={path}", "--config.a.x=3"]) == (
           "Unknown config field config.a.x (in --config.a.x=3). Valid fields "
           "of config.a: .")
@@ -74,7 +76,7 @@ def test_an_attribute_error_in_get_config_is_not_a_missing_get_config(
     tmp_path):
   path = tmp_path / "buggy.py"
   path.write_text("def get_config():\n  return None.fields\n")
-  assert main.config_file_message(["prog", f"--config={path}"]) == (
+  assert config_file.config_file_message(["prog", f"--config={path}"]) == (
       f"ERROR: config file '{path}' cannot be loaded: AttributeError: "
       "'NoneType' object has no attribute 'fields'. Fix it, or pass one of "
       "the repository's configs/, e.g. --config=configs/digits.py.")
@@ -83,7 +85,7 @@ def test_an_attribute_error_in_get_config_is_not_a_missing_get_config(
 def test_flag_errors_lose_the_traceback_but_not_the_first_line():
   message = ("Flag --config: could not load it\nTraceback (most recent call "
              "last):\n  File \"x.py\", line 1\n\nValueError: bad\n")
-  without_traceback = main._without_traceback  # pylint: disable=protected-access
+  without_traceback = config_file.without_traceback  # pylint: disable=protected-access
   assert without_traceback(message) == (
       "Flag --config: could not load it\nValueError: bad")
   assert without_traceback("a\nb") == "a\nb"
@@ -93,7 +95,7 @@ def test_orbax_info_is_dropped_and_its_warnings_kept():
   def record(level, path):
     return logging.LogRecord("absl", level, path, 1, "msg", None, None)
 
-  quiet = main._quiet_orbax  # pylint: disable=protected-access
+  quiet = logs.quiet_orbax  # pylint: disable=protected-access
   assert not quiet(record(logging.INFO, "/site/orbax/checkpoint/x.py"))
   assert quiet(record(logging.WARNING, "/site/orbax/checkpoint/x.py"))
   assert quiet(record(logging.INFO, "/repo/ban_jax/train.py"))
@@ -124,14 +126,14 @@ def test_only_orbax_echoes_of_a_failed_write_are_unraisable_noise(
   others = [RuntimeError("Event loop is closed, and more"),
             ValueError("Event loop is open")]
   for error in echoes + others:
-    main._unraisable(unraisable(error))  # pylint: disable=protected-access
+    logs.unraisable(unraisable(error))  # pylint: disable=protected-access
   assert [args.exc_value for args in shown] == others
 
 
 @pytest.fixture(name="parsed")
 def _parsed(tmp_path):
   """Flags parsed in this process for a digits run in tmp_path/w."""
-  main.parse_flags(["prog", f"--config={ROOT}/configs/digits.py",
+  config_file.parse_flags(["prog", f"--config={ROOT}/configs/digits.py",
                     f"--workdir={tmp_path / 'w'}"])
   yield str(tmp_path / "w")
   main.flags.FLAGS.unparse_flags()
@@ -139,21 +141,20 @@ def _parsed(tmp_path):
 
 def test_known_errors_of_a_run_are_one_message(monkeypatch, parsed, capsys):
   # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from ban_jax import checkpoints
-  from ban_jax import distributed
+  from ban_jax import errors
   from ban_jax import pipeline
-  from ban_jax import validation
-  from ban_jax.data import cifar
+  from ban_jax.runtime import distributed
   # pylint: enable=g-import-not-at-top,import-outside-toplevel
   monkeypatch.setattr(distributed, "initialize", lambda: None)
   monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
   disk_full = OSError(28, "No space left on device")
   for error, message in (
-      (validation.ConfigError("bad value"), "bad value"),
-      (FileNotFoundError("no data here"), "no data here"),
-      (FloatingPointError("nan loss"), "nan loss"),
-      (pickle.UnpicklingError("truncated"), "truncated"),
-      (cifar.UnreadableDataError("damaged"), "damaged"),
+      (errors.ConfigError("bad value"), "bad value"),
+      (errors.DataNotFoundError("no data here"), "no data here"),
+      (errors.NonFiniteLossError("nan loss"), "nan loss"),
+      (errors.UnsafePickleError("forbidden"), "forbidden"),
+      (errors.UnreadableDataError("damaged"), "damaged"),
+      (errors.WorkdirError("in use"), "in use"),
       (disk_full, "[Errno 28] No space left on device. Finished generations "
        "and their checkpoints are kept: fix that, then rerun the same "
        "command to go on.")):
@@ -164,7 +165,7 @@ def test_known_errors_of_a_run_are_one_message(monkeypatch, parsed, capsys):
     with pytest.raises(SystemExit) as stop:
       main.main(["prog"])
     assert stop.value.code == f"ERROR: {message}"
-  assert sys.unraisablehook is main._unraisable  # pylint: disable=protected-access
+  assert sys.unraisablehook is logs.unraisable  # pylint: disable=protected-access
 
   def exit_of(error):
     """main()'s exit status and what it printed, when the run raises `error`."""
@@ -178,20 +179,20 @@ def test_known_errors_of_a_run_are_one_message(monkeypatch, parsed, capsys):
     return stop.value.code, capsys.readouterr().err
 
   # A stop request: its own line and the signal's exit status.
-  from ban_jax import preemption  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from ban_jax.runtime import preemption  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   stopped = preemption.StopRequested("Stopped by SIGINT at step 7.", "SIGINT")
   assert exit_of(stopped) == (130, "STOPPED: Stopped by SIGINT at step 7.\n")
   assert signal.getsignal(signal.SIGINT) is preemption._handle  # pylint: disable=protected-access
   # A failed checkpoint write exits at once, not after Orbax's threads.
-  monkeypatch.setattr(main.os, "_exit", lambda status: sys.exit(status))
-  assert exit_of(checkpoints.CheckpointWriteError("disk full; rerun")) == (
+  monkeypatch.setattr(logs.os, "_exit", lambda status: sys.exit(status))
+  assert exit_of(errors.CheckpointWriteError("disk full; rerun")) == (
       1, "ERROR: disk full; rerun\n")
   # Anything else is a bug: its traceback shows.
   monkeypatch.setattr(pipeline, "run", lambda config, workdir: 1 / 0)
   with pytest.raises(ZeroDivisionError):
     main.main(["prog"])
-  handler = main.logging.get_absl_handler()
-  quiet = main._quiet_orbax  # pylint: disable=protected-access
+  handler = logs.logging.get_absl_handler()
+  quiet = logs.quiet_orbax  # pylint: disable=protected-access
   assert quiet in handler.filters  # main() quietens Orbax's INFO.
   handler.removeFilter(quiet)
 
@@ -199,7 +200,7 @@ def test_known_errors_of_a_run_are_one_message(monkeypatch, parsed, capsys):
 def test_a_blank_workdir_is_refused(tmp_path):
   try:
     with pytest.raises(SystemExit) as stop:
-      main.parse_flags(["prog", f"--config={ROOT}/configs/digits.py",
+      config_file.parse_flags(["prog", f"--config={ROOT}/configs/digits.py",
                         "--workdir=  "])
   finally:
     main.flags.FLAGS.unparse_flags()

@@ -28,7 +28,7 @@ import sys
 import numpy as np
 import pytest
 
-from ban_jax import distributed
+from ban_jax.runtime import distributed
 from tests import run_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,10 +87,10 @@ def _worker(workdir: str, out_dir: str) -> None:
   # pylint: disable=g-import-not-at-top
   import jax
   from etils import epath
-  from ban_jax import checkpoints
-  from ban_jax import parallel
+  from ban_jax.runtime import checkpoints
+  from ban_jax.runtime import parallel
   from ban_jax import pipeline
-  from ban_jax import report
+  from ban_jax.reporting import report
   from ban_jax import train
   # pylint: enable=g-import-not-at-top
   index, count = jax.process_index(), jax.process_count()

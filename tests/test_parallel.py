@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ban_jax import parallel
 from ban_jax import pipeline
 from ban_jax import train
 from ban_jax.data import Dataset
+from ban_jax.runtime import parallel
 from configs import digits
 
 NUM_STEPS = 3

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from etils import epath
 
-from ban_jax import checkpoints
-from ban_jax import parallel
 from ban_jax import pipeline
-from ban_jax import preemption
 from ban_jax import train
 from ban_jax import validation
+from ban_jax.runtime import checkpoints
+from ban_jax.runtime import parallel
+from ban_jax.runtime import preemption
 from configs import digits
 from tests import run_results
 from tests.run_results import scores as _scores

@@ -11,7 +11,7 @@ import jax
 import pytest
 from jax.experimental import multihost_utils
 
-from ban_jax import preemption
+from ban_jax.runtime import preemption
 
 
 @pytest.fixture(autouse=True)

@@ -12,11 +12,11 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
 
-from ban_jax import metrics_writer
 from ban_jax import models
-from ban_jax import paper_results
 from ban_jax import pipeline
-from ban_jax import report
+from ban_jax.reporting import paper_results
+from ban_jax.reporting import report
+from ban_jax.runtime import metrics_writer
 from configs import digits
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

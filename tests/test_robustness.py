@@ -15,12 +15,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ban_jax import checkpoints
-from ban_jax import paper_results
-from ban_jax import parallel
 from ban_jax import pipeline
 from ban_jax import train
 from ban_jax import validation
+from ban_jax.reporting import paper_results
+from ban_jax.runtime import checkpoints
+from ban_jax.runtime import parallel
 from configs import digits
 from tests import run_results
 from tests.run_results import scores as _scores

@@ -1,4 +1,4 @@
-"""`python -m ban_jax.trace_summary` on a hand-written profiler trace."""
+"""`python -m ban_jax.tools.trace_summary` on a hand-written profiler trace."""
 
 import gzip
 import json
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ban_jax import trace_summary
+from ban_jax.tools import trace_summary
 
 GPU, HOST = 7, 1
 

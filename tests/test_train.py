@@ -10,9 +10,10 @@ import pytest
 
 from ban_jax import feature_losses
 from ban_jax import losses
-from ban_jax import parallel
 from ban_jax import pipeline
 from ban_jax import train
+from ban_jax.runtime import compilation
+from ban_jax.runtime import parallel
 from configs import digits
 
 NUM_CLASSES = 10
@@ -152,7 +153,7 @@ def test_cross_architecture_chain(tmp_path):
 
 
 def test_prepare_teacher_casts_kernels_once_without_changing_outputs():
-  from ban_jax import bench  # pylint: disable=g-import-not-at-top
+  from ban_jax.tools import bench  # pylint: disable=g-import-not-at-top
   config = digits.get_config()
   config.batch_size = 16
   config.model.dtype = "bfloat16"
@@ -191,16 +192,16 @@ def test_prepare_teacher_casts_kernels_once_without_changing_outputs():
 
 
 def test_xla_options_parse_and_reach_the_compiled_step():
-  assert train.xla_compiler_options("") == {}
-  assert train.xla_compiler_options(
+  assert compilation.xla_compiler_options("") == {}
+  assert compilation.xla_compiler_options(
       " xla_gpu_enable_command_buffer=FUSION,CUDNN ; "
       "xla_gpu_graph_min_graph_size=2;") == {
           "xla_gpu_enable_command_buffer": "FUSION,CUDNN",
           "xla_gpu_graph_min_graph_size": "2"}
   with pytest.raises(ValueError, match="is not 'xla_<option>=<value>'"):
-    train.xla_compiler_options("gpu_autotune_level=2")
+    compilation.xla_compiler_options("gpu_autotune_level=2")
 
-  from ban_jax import bench  # pylint: disable=g-import-not-at-top
+  from ban_jax.tools import bench  # pylint: disable=g-import-not-at-top
   config = digits.get_config()
   config.batch_size = 16
   # A name XLA does not know: only a compile that received it can refuse it.

@@ -47,6 +47,13 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...],
 
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100")
+# (height, width, channels) and classes of each dataset, so that models can
+# be checked against it without loading it.
+DATASET_SHAPES = {
+    "digits": ((8, 8, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+}
 # Where CIFAR comes from (config.data.source); see data/cifar.py.
 DATA_SOURCES = ("auto", "tfds", "archive")
 

@@ -59,6 +59,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ban_jax.data import DATA_SOURCES, Dataset, channel_stats
+from ban_jax.errors import DataNotFoundError
+from ban_jax.errors import UnreadableDataError
+from ban_jax.errors import UnsafePickleError
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 IMAGE_SHAPE = (32, 32, 3)
@@ -119,19 +122,6 @@ _SPECS = {
         # The paper's CIFAR-100 numbers are on the 100 fine classes.
         label_key=b"fine_labels", names_key=b"fine_label_names"),
 }
-
-
-class DataNotFoundError(FileNotFoundError):
-  """The dataset is in none of the places the config points at."""
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-  """A CIFAR pickle asked for something other than numpy arrays."""
-
-
-class UnreadableDataError(ValueError):
-  """The data is there but cannot be read (a damaged or wrong archive, a
-  TFDS format that needs TensorFlow); the message says how to fix it."""
 
 
 class _ForbiddenCall(Exception):

@@ -8,7 +8,7 @@ the environment, in this order:
 
 1. Arguments `coordinator_address`, `num_processes`, `process_id` (what the
    `--coordinator_address/--num_processes/--process_id` flags of
-   `ban_jax.bench` pass), or the same three as environment variables
+   `ban_jax.tools.bench` pass), or the same three as environment variables
    `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` (what
    `launch/local_multiprocess.sh` sets): all three or none. `num_processes`
    of 1 means a single process.
@@ -40,6 +40,8 @@ from typing import Mapping
 import jax
 from absl import logging
 
+from ban_jax.errors import ConfigError
+
 _EXPLICIT_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
                   "JAX_PROCESS_ID")
 
@@ -62,7 +64,7 @@ def _int(env: Mapping[str, str], name: str, default: int = 1) -> int:
   try:
     return int(env.get(name, default))
   except ValueError:
-    raise ValueError(f"${name}={env.get(name)!r} is not an integer.") from None
+    raise ConfigError(f"${name}={env.get(name)!r} is not an integer.") from None
 
 
 def detect(env: Mapping[str, str] | None = None, *,
@@ -72,7 +74,7 @@ def detect(env: Mapping[str, str] | None = None, *,
   """Decides how to start, from arguments and the environment; no side effects.
 
   Raises:
-    ValueError: some but not all of the explicit settings are given, or a
+    ConfigError: some but not all of the explicit settings are given, or a
       value is malformed.
   """
   env = os.environ if env is None else env
@@ -89,14 +91,14 @@ def detect(env: Mapping[str, str] | None = None, *,
     if any(v is None for v in explicit):
       given = dict(zip(("coordinator_address", "num_processes",
                         "process_id"), explicit))
-      raise ValueError(
+      raise ConfigError(
           "Multi-process start-up needs the coordinator address, the number "
           "of processes and this process's id together (arguments or $"
           + ", $".join(_EXPLICIT_VARS) + f"); got {given}.")
     if num_processes == 1:
       return Launch("single")
     if not 0 <= process_id < num_processes:
-      raise ValueError(f"process_id={process_id} is not in "
+      raise ConfigError(f"process_id={process_id} is not in "
                        f"[0, num_processes={num_processes}).")
     return Launch("explicit", coordinator_address, num_processes, process_id)
 
@@ -106,7 +108,7 @@ def detect(env: Mapping[str, str] | None = None, *,
   if switch in ("1", "true", "on", "yes"):
     return Launch("forced")
   if switch not in ("", "auto"):
-    raise ValueError(f"$BAN_JAX_DISTRIBUTED={switch!r}: use 0, 1 or auto.")
+    raise ConfigError(f"$BAN_JAX_DISTRIBUTED={switch!r}: use 0, 1 or auto.")
   if env.get("SLURM_STEP_NODELIST") and _int(env, "SLURM_NTASKS") > 1:
     return Launch("slurm")
   if env.get("OMPI_MCA_orte_hnp_uri") and _int(env,

@@ -26,13 +26,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-
-class NonFiniteStateError(FloatingPointError):
-  """A train state with NaN or infinite values was about to be saved."""
-
-
-class CheckpointWriteError(OSError):
-  """A checkpoint could not be written (a full disk, a quota, permissions)."""
+from ban_jax.errors import CheckpointWriteError
+from ban_jax.errors import NonFiniteStateError
 
 
 # TensorStore, which writes Orbax's arrays, reports I/O failures as a

@@ -35,6 +35,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ban_jax.errors import ConfigError
+
 PROCESS_AXIS = "process"
 DEVICE_AXIS = "device"
 # The batch dimension is split over both axes: process-major, so a host's
@@ -59,7 +61,7 @@ def make_mesh(devices=None) -> Mesh:
   rows = [by_process[p] for p in sorted(by_process)]
   if len({len(row) for row in rows}) != 1:
     counts = {p: len(row) for p, row in sorted(by_process.items())}
-    raise ValueError(f"Every process needs the same number of devices in "
+    raise ConfigError(f"Every process needs the same number of devices in "
                      f"the mesh; got {counts} (process: devices).")
   return Mesh(np.asarray(rows), BATCH_AXES)
 
@@ -85,7 +87,7 @@ def process_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size"):
   num_devices = mesh.devices.size
   if batch_size % num_devices:
-    raise ValueError(
+    raise ConfigError(
         f"{what}={batch_size} is not divisible by the {num_devices} devices; "
         f"use a multiple of {num_devices}.")
 

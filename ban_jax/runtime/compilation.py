@@ -79,3 +79,23 @@ def _point_at(path: str | None) -> None:
   # JAX decides once per process whether a cache is in use: ask again.
   compilation_cache.reset_cache()
   _set_here = path
+
+
+def xla_compiler_options(text: str) -> dict[str, str]:
+  """`config.xla_options` -> XLA compile options of the train step.
+
+  The text is `name=value` pairs separated by ';' (values may hold commas,
+  as in `xla_gpu_enable_command_buffer=FUSION,CUDNN`). They apply to
+  the train step alone, unlike XLA_FLAGS, so that one process can compare
+  settings (`python -m ban_jax.tools.bench --xla_options=...`).
+  """
+  options = {}
+  for item in filter(None, (part.strip() for part in text.split(";"))):
+    name, sep, value = item.partition("=")
+    name = name.strip()
+    if not sep or not name.startswith("xla_"):
+      raise ValueError(
+          f"xla_options item {item!r} is not 'xla_<option>=<value>'; "
+          "separate items with ';'.")
+    options[name] = value.strip()
+  return options

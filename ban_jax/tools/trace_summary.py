@@ -1,6 +1,6 @@
 r"""Where a traced step spends device time: a text summary of profiler traces.
 
-`python -m ban_jax.bench --profile_dir=DIR` writes a `jax.profiler` trace per
+`python -m ban_jax.tools.bench --profile_dir=DIR` writes a `jax.profiler` trace per
 timed mode; this reads the `*.trace.json.gz` files under DIR and prints, per
 device line of each trace (GPU streams, "XLA Ops"), the busy time, the
 span from first start to last end, and the events that took the most
@@ -8,7 +8,7 @@ time, each sorted into a kind (convolution, matmul, collective, copy, other
 kernels). No TensorBoard or xprof needed, so it runs where the trace was
 taken:
 
-  python -m ban_jax.trace_summary DIR [--top=15] [--steps=3]
+  python -m ban_jax.tools.trace_summary DIR [--top=15] [--steps=3]
 
 `--steps` divides the times by the number of traced steps.
 """
@@ -152,7 +152,7 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   if not os.path.isdir(args.directory):
     parser.error(f"{args.directory} is not a directory; pass the "
-                 "--profile_dir of a `python -m ban_jax.bench` run.")
+                 "--profile_dir of a `python -m ban_jax.tools.bench` run.")
   print(summarize_dir(args.directory, args.top, args.steps))
 
 

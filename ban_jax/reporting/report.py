@@ -7,7 +7,7 @@ for readers of single-seed runs. The report's columns are the chain's
 generations (Teacher, BAN-1, ...) then its ensembles (Ens*2, ...); with
 several seeds each cell is the mean +/- the sample standard deviation over
 seeds. When the config names a paper row, `results["paper"]` holds the
-paper's numbers by the same column names (see `ban_jax/paper_results.py`).
+paper's numbers by the same column names (see `ban_jax/reporting/paper_results.py`).
 """
 
 import io

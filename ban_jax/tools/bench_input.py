@@ -5,7 +5,7 @@ the step's indices from the epoch's device-side permutation, gather those
 images from a device-resident 50000x32x32x3 uint8 training set, random crop
 + flip, normalise. One JSON line per batch size:
 
-  python -m ban_jax.bench_input [--steps=50] [--batch_sizes=128,512]
+  python -m ban_jax.tools.bench_input [--steps=50] [--batch_sizes=128,512]
 
   {"impl": "ban_jax", "model": "input", "mode": "augment", "batch": 128,
    "img_per_s": ...}

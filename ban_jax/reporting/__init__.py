@@ -1,0 +1,1 @@
+"""Reporting: results.json, results.md, plots, and the paper's numbers to compare with."""

@@ -1,0 +1,525 @@
+r"""Images/second of the knowledge-distillation train step, as users run it.
+
+One KD step is what `GenerationTrainer.train_steps` compiles for generation
+g >= 1: the batch gathered from the device-resident train set (plus random
+crop + flip when augmenting), the teacher's inference-mode forward pass, the
+student's forward and backward pass with the label + soft-target loss
+(`kd+label`, T = 1: the loss of `../shared/bench/peer_torch.py`), and the
+SGD-Nesterov update with weight decay. The data are random CIFAR-shaped
+uint8 images with 100 classes, on the device(s); every device of the mesh
+takes part (data parallel), so `batch` is the global batch.
+
+  python -m ban_jax.tools.bench                          # the three peer models
+  python -m ban_jax.tools.bench --models=resnet18 --batch_sizes=128,512 \
+      --steps_per_call=4
+  # On a CPU, tiny:
+  python -m ban_jax.tools.bench --models=wrn10_1 --batch_sizes=16 --steps=3 \
+      --warmup=1 --image_size=8 --num_examples=64
+
+Modes, for each model and batch size:
+* `<dtype>` (`bf16` on GPU/TPU, `fp32` on CPU, or `--dtype`): the bare step
+  on a fixed permutation, no augmentation;
+* `<dtype>+aug`: the same with the on-device crop + flip;
+* `epoch`: one whole epoch with augmentation, as `train.fit` runs it (a new
+  permutation, then `steps_per_epoch` steps in calls of `--steps_per_call`,
+  then the epoch's metrics fetched to the host), no checkpoint or eval.
+
+Output: one JSON object a line with the keys of peer_torch.py (`impl`,
+`model`, `mode`, `batch`, `img_per_s`) plus `compile_s` (lowering and
+compiling the step), `peak_mem_gb` (the device's peak bytes in use so far in
+this process, from `memory_stats()`; null where the backend has none, e.g.
+CPU; it never goes down, so run one model per call to read each model's
+peak), `program_mem_gb` (XLA's own account of the compiled step: arguments
++ outputs + temporaries - donated), `loss`, `devices`, `device_kind`; then a
+table. `--compare=peer.jsonl` adds the peer's lines (same model, batch) to
+the table. With several processes (see ban_jax/runtime/distributed.py) only process
+0 prints. Side by side with the peer, in one device call:
+
+  python3 .peer/peer_torch.py --models wrn28_10 --modes compile > peer.jsonl
+  python3 -m ban_jax.tools.bench --models=wrn28_10 --compare=peer.jsonl
+
+Steps per compiled call default to the config's `steps_per_call` (10 for
+CIFAR). `--xla_options` passes XLA options to the step alone (see
+`config.xla_options`); `--profile_dir=DIR` writes each compiled step's
+optimised HLO and, after each step-mode timing, a `jax.profiler` trace of
+`--profile_steps` more steps (`python -m ban_jax.tools.trace_summary DIR` reads
+them). Results and the tuning log on an H200: docs/performance.md.
+
+The epoch row's `compile_s` is that of the program it runs (the `+aug` one,
+compiled once). Non-model settings (schedule, dtype default) come from
+`--config` (configs/cifar100.py), with the peer's recipe set over it.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ban_jax import config_file
+from ban_jax.runtime import distributed
+
+# Our registry names -> the names peer_torch.py prints, for --compare.
+PEER_NAMES = {"wrn28_10": "wrn28_10", "resnet18": "resnet18",
+              "densenet100_12": "densenet_bc100"}
+DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# What --modes takes: bare steps, steps with augmentation, a whole epoch.
+MODES = ("step", "step+aug", "epoch")
+# Channel stats of CIFAR-100's train split; any values cost the same.
+_MEAN = (129.3, 124.1, 112.4)
+_STD = (68.2, 65.4, 70.4)
+_GB = 1e9
+
+
+def _base_config_path() -> str:
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.join(root, "configs", "cifar100.py")
+
+
+def load_config(path: str):
+  """A full experiment config from a configs/*.py file (every field the
+  trainer reads), to be overridden with the benchmark's recipe."""
+  # Config files import each other as `configs.<name>`.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  return config_file.load(path)
+
+
+def bench_config(base, model: str, batch: int, dtype: str,
+                 steps_per_call: int, augment: bool, xla_options: str = ""):
+  """The peer's recipe: KD + label loss at T = 1, SGD-Nesterov, wd 5e-4."""
+  config = base.copy_and_resolve_references()
+  config.xla_options = xla_options
+  config.model.name = model
+  config.model.dtype = dtype
+  config.model.dropout_rate = 0.0
+  config.batch_size = batch
+  config.eval_batch_size = batch
+  config.num_epochs = 1
+  config.steps_per_call = steps_per_call
+  config.checkpoint_every_steps = 0
+  config.data.augment = augment
+  config.data.crop_padding = 4
+  config.distill.loss = "kd+label"
+  config.distill.temperature = 1.0
+  config.distill.label_weight = 1.0
+  config.distill.teacher_weight = 1.0
+  config.optim.learning_rate = 0.1
+  config.optim.momentum = 0.9
+  config.optim.nesterov = True
+  config.optim.weight_decay = 5e-4
+  config.optim.lr_decay_epochs = ()
+  return config
+
+
+def synthetic_dataset(num_examples: int, image_size: int, num_classes: int,
+                      num_test: int, seed: int = 0):
+  """Random uint8 images and labels, CIFAR-shaped by default."""
+  from ban_jax.data import Dataset  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  shape = (image_size, image_size, 3)
+  return Dataset(
+      name="synthetic",
+      train_images=rng.integers(0, 256, (num_examples,) + shape, np.uint8),
+      train_labels=rng.integers(0, num_classes, (num_examples,), np.int32),
+      test_images=rng.integers(0, 256, (num_test,) + shape, np.uint8),
+      test_labels=rng.integers(0, num_classes, (num_test,), np.int32),
+      num_classes=num_classes,
+      label_names=tuple(map(str, range(num_classes))), mean=_MEAN, std=_STD)
+
+
+def peak_memory_gb() -> float | None:
+  """Largest peak bytes in use over the local devices, or None."""
+  peaks = []
+  for device in jax.local_devices():
+    try:
+      stats = device.memory_stats()
+    except Exception:  # pylint: disable=broad-except
+      stats = None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(stats["peak_bytes_in_use"])
+  return round(max(peaks) / _GB, 3) if peaks else None
+
+
+def _program_memory_gb(compiled) -> float | None:
+  try:
+    m = compiled.memory_analysis()
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes
+             + m.temp_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return round(total / _GB, 3)
+
+
+class KDBench:
+  """A teacher + student of one model and batch size, ready to time.
+
+  One trainer per augmentation setting, one initialisation for both, and
+  one compiled step per (augmentation, steps per call), reused across
+  modes: the epoch runs the very program that `<dtype>+aug` timed.
+  """
+
+  def __init__(self, base_config, model: str, batch: int, dtype: str,
+               steps_per_call: int, data, mesh, xla_options: str = "",
+               profile_dir: str = "", profile_steps: int = 0):
+    # pylint: disable=g-import-not-at-top
+    from ban_jax.runtime import parallel
+    from ban_jax import pipeline
+    from ban_jax import train
+    # pylint: enable=g-import-not-at-top
+    self._train, self._parallel = train, parallel
+    self.data, self.batch = data, batch
+    self.profile_dir, self.profile_steps = profile_dir, profile_steps
+    self._prefix = f"{model}_b{batch}"
+    self.trainers = {}
+    for augment in (False, True):
+      config = bench_config(base_config, model, batch, dtype, steps_per_call,
+                            augment, xla_options)
+      student = pipeline.build_model(model, config, data.num_classes)
+      # The teacher has the student's architecture, as in born-again chains.
+      self.trainers[augment] = train.GenerationTrainer(
+          config, student, student, data, mesh)
+    # One compiled init for both networks (init_state jits afresh per call).
+    init = jax.jit(self.trainers[False].init_state)
+    self.teacher_vars = self.trainers[False].prepare_teacher(
+        init(jax.random.key(1)).variables)
+    self.state = init(jax.random.key(0))
+    self.rng = jax.random.key(2)
+    self.perm = train._epoch_permutation(jax.random.key(3), data.num_train)
+    self._compiled = {}
+
+  def _call(self, compiled, perm):
+    """One call; the state is donated and replaced by the new one."""
+    self.state, sums = compiled(self.state, self.teacher_vars,
+                                self.data.train_images,
+                                self.data.train_labels, perm, self.rng)
+    return sums
+
+  def _name(self, augment: bool, num_steps: int) -> str:
+    """Names a compiled step's files under --profile_dir."""
+    return f"{self._prefix}_{'aug' if augment else 'bare'}_x{num_steps}"
+
+  def compiled(self, augment: bool, num_steps: int):
+    """(executable of `num_steps` steps, seconds to lower and compile it)."""
+    key = (augment, num_steps)
+    if key not in self._compiled:
+      start = time.perf_counter()
+      executable = self.trainers[augment].train_steps(num_steps).lower(
+          self.state, self.teacher_vars, self.data.train_images,
+          self.data.train_labels, self.perm, self.rng).compile()
+      self._compiled[key] = executable, time.perf_counter() - start
+      if self.profile_dir:
+        # The optimised HLO names the fusions that a trace's kernels run.
+        os.makedirs(self.profile_dir, exist_ok=True)
+        with open(os.path.join(self.profile_dir,
+                               self._name(augment, num_steps) + ".hlo.txt"),
+                  "w") as f:
+          f.write(executable.as_text())
+    return self._compiled[key]
+
+  def steps(self, augment: bool, steps: int, warmup: int,
+            steps_per_call: int) -> dict[str, Any]:
+    """Times `steps` steps (rounded up to whole calls) after `warmup`."""
+    compiled, compile_s = self.compiled(augment, steps_per_call)
+    calls = max(1, -(-steps // steps_per_call))
+    for _ in range(max(0, -(-warmup // steps_per_call))):
+      self._call(compiled, self.perm)
+    jax.block_until_ready(self.state)
+    start = time.perf_counter()
+    for _ in range(calls):
+      sums = self._call(compiled, self.perm)
+    jax.block_until_ready((self.state, sums))
+    seconds = time.perf_counter() - start
+    num_steps = calls * steps_per_call
+    loss = float(self._parallel.fetch(sums["loss"])) / steps_per_call
+    return {"img_per_s": num_steps * self.batch / seconds,
+            "steps": num_steps, "seconds": seconds, "compile_s": compile_s,
+            "program_mem_gb": _program_memory_gb(compiled), "loss": loss}
+
+  def profile(self, augment: bool, steps_per_call: int) -> None:
+    """Traces `profile_steps` more steps into `profile_dir`/<model, mode>,
+    apart from the timed calls (tracing slows them down)."""
+    compiled, _ = self.compiled(augment, steps_per_call)
+    with jax.profiler.trace(os.path.join(
+        self.profile_dir, self._name(augment, steps_per_call))):
+      for _ in range(max(1, -(-self.profile_steps // steps_per_call))):
+        sums = self._call(compiled, self.perm)
+      jax.block_until_ready((self.state, sums))
+
+  def epoch(self, steps_per_call: int) -> dict[str, Any]:
+    """One augmented epoch the way `train.fit` runs it: a new permutation,
+    the steps in calls of `steps_per_call` (and one shorter call for the
+    rest), the epoch's summed metrics fetched to the host at the end."""
+    spe = self.trainers[True].steps_per_epoch
+    sizes = [steps_per_call] * (spe // steps_per_call)
+    if spe % steps_per_call:
+      sizes.append(spe % steps_per_call)
+    compile_s = 0.0
+    for n in set(sizes):  # Compiling is not part of an epoch's time.
+      compiled, seconds = self.compiled(True, n)
+      compile_s += seconds
+      warm = self._call(compiled, self.perm)
+    # Nor is compiling the add that sums the metrics, which fit pays once
+    # per process. (Before this warm-up, the epoch rows of WRN-28-10 and
+    # ResNet-18 on an H200 both trailed the bare step by a fixed 0.07-0.11 s.)
+    self._parallel.fetch(jax.tree.map(jnp.add, warm, warm))
+    jax.block_until_ready(self.state)
+    start = time.perf_counter()
+    perm = self._train._epoch_permutation(jax.random.key(4),
+                                          self.data.num_train)
+    sums = None
+    for n in sizes:
+      metrics = self._call(self.compiled(True, n)[0], perm)
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums,
+                                                       metrics)
+    host = self._parallel.fetch(sums)
+    seconds = time.perf_counter() - start
+    return {"img_per_s": spe * self.batch / seconds, "steps": spe,
+            "seconds": seconds, "compile_s": compile_s,
+            "loss": float(host["loss"]) / spe}
+
+
+def _rows(args):
+  """Yields one result dict per (model, batch size, mode)."""
+  # pylint: disable=g-import-not-at-top
+  from ban_jax.runtime import parallel
+  from ban_jax import train
+  from ban_jax.models import common
+  # pylint: enable=g-import-not-at-top
+  devices = jax.devices()
+  if args.devices:
+    devices = devices[:args.devices]
+  mesh = parallel.make_mesh(devices)
+  base = args.base_config
+  if not args.steps_per_call:
+    args.steps_per_call = base.steps_per_call
+  dtype_label = DTYPE_LABELS[jnp.dtype(common.resolve_dtype(args.dtype)).name]
+  labels = {"step": dtype_label, "step+aug": f"{dtype_label}+aug",
+            "epoch": "epoch"}
+  modes = _names(args.modes)
+  for model in _names(args.models):
+    for batch in [int(b) for b in _names(args.batch_sizes)]:
+      row = {"impl": "ban_jax", "model": model, "batch": batch,
+             "dtype": dtype_label, "devices": len(devices),
+             "device_kind": devices[0].device_kind,
+             "steps_per_call": args.steps_per_call,
+             "image_size": args.image_size}
+      if args.xla_options:
+        row["xla_options"] = args.xla_options
+      bench = None
+      try:
+        dataset = synthetic_dataset(args.num_examples, args.image_size,
+                                    args.num_classes, num_test=batch)
+        data = train.put_dataset(dataset, mesh, batch)
+        bench = KDBench(base, model, batch, args.dtype, args.steps_per_call,
+                        data, mesh, args.xla_options, args.profile_dir,
+                        args.profile_steps)
+      except Exception as e:  # pylint: disable=broad-except
+        # One model's failure (out of memory at a big batch, a failed
+        # compile) must not lose the others' numbers. Bad names were
+        # refused by parse_args.
+        error = f"{type(e).__name__}: {e}"[:500]
+      for mode in modes:
+        result = dict(row, mode=labels[mode])
+        if bench is None:
+          result["error"] = error
+          yield result
+          continue
+        try:
+          if mode == "epoch":
+            measured = bench.epoch(args.steps_per_call)
+            measured["num_examples"] = data.num_train
+          else:
+            measured = bench.steps(mode == "step+aug", args.steps,
+                                   args.warmup, args.steps_per_call)
+          measured["peak_mem_gb"] = peak_memory_gb()
+          result.update({k: (round(v, 1 if k == "img_per_s" else 3)
+                             if isinstance(v, float) else v)
+                         for k, v in measured.items()})
+        except Exception as e:  # pylint: disable=broad-except
+          result["error"] = f"{type(e).__name__}: {e}"[:500]
+        yield result
+        if (args.profile_dir and args.profile_steps and mode != "epoch"
+            and "error" not in result):
+          # After the row is out: a slow or failing trace loses no timing.
+          try:
+            bench.profile(mode == "step+aug", args.steps_per_call)
+          except Exception as e:  # pylint: disable=broad-except
+            print(f"Profiling {model} {mode} failed: {type(e).__name__}: "
+                  f"{e}", file=sys.stderr)
+      del bench
+
+
+def _names(text: str) -> list[str]:
+  return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _one_line(text: str) -> str:
+  """Text for one markdown table cell."""
+  return " ".join(text.split()).replace("|", "/")
+
+
+def _read_peer(path: str) -> list[dict[str, Any]]:
+  rows = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line.startswith("{"):
+        rows.append(json.loads(line))
+  return rows
+
+
+def table(rows, peer_rows=()) -> str:
+  """A markdown table of the results (and the peer's, same model/batch)."""
+  lines = ["| impl | model | mode | batch | img/s | compile s | "
+           "peak mem GB |", "|---|---|---|---|---|---|---|"]
+
+  def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+  for row in rows:
+    lines.append(
+        f"| {row['impl']} | {row['model']} | {row['mode']} | "
+        f"{row.get('batch', '-')} | "
+        + ("error: " + _one_line(row["error"])[:80] if "error" in row else
+           f"{fmt(row.get('img_per_s'), ',.1f')} | "
+           f"{fmt(row.get('compile_s'), '.1f')} | "
+           f"{fmt(row.get('peak_mem_gb'), '.2f')}") + " |")
+  ours = {(PEER_NAMES.get(r["model"], r["model"]), r.get("batch"))
+          for r in rows}
+  for row in peer_rows:
+    if (row.get("model"), row.get("batch")) in ours or not rows:
+      lines.append(f"| {row.get('impl')} | {row.get('model')} | "
+                   f"{row.get('mode')} | {row.get('batch', '-')} | "
+                   f"{fmt(row.get('img_per_s'), ',.1f')} | - | - |")
+  return "\n".join(lines)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+  """The docstring as written, and every flag's default."""
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      prog="python -m ban_jax.tools.bench", description=__doc__.split("\n")[0],
+      formatter_class=_HelpFormatter)
+  add = parser.add_argument
+  add("--models", default="wrn28_10,resnet18,densenet100_12",
+      help="comma-separated model names (python -m ban_jax.models)")
+  add("--batch_sizes", default="128", help="comma-separated global batches")
+  add("--modes", default="step,step+aug,epoch",
+      help="any of step, step+aug, epoch")
+  add("--steps", type=int, default=50,
+      help="timed steps per step mode, rounded up to whole calls of "
+      "--steps_per_call")
+  add("--warmup", type=int, default=5,
+      help="untimed steps after compiling, before timing")
+  add("--steps_per_call", type=int, default=0,
+      help="train steps scanned in one compiled call (default: the "
+      "config's steps_per_call)")
+  add("--dtype", default="auto",
+      help="compute dtype: auto (bf16 on GPU/TPU, fp32 on CPU), float32, "
+      "bfloat16, float16")
+  add("--image_size", type=int, default=32, help="square image side")
+  add("--num_classes", type=int, default=100)
+  add("--num_examples", type=int, default=50_000,
+      help="train-set size on the device (CIFAR's by default)")
+  add("--devices", type=int, default=0,
+      help="use only the first N devices (default: all)")
+  add("--config", default=_base_config_path(),
+      help="config file giving every field the trainer reads")
+  add("--compare", default="",
+      help="JSON lines of peer_torch.py to add to the table")
+  add("--xla_options", default="",
+      help="XLA options of the train step, 'name=value;...' (e.g. "
+      "xla_gpu_enable_command_buffer=); see config.xla_options")
+  add("--profile_dir", default="",
+      help="write here each compiled step's optimised HLO and a "
+      "jax.profiler trace of --profile_steps more steps after each timing")
+  add("--profile_steps", type=int, default=3,
+      help="steps traced per timed mode when --profile_dir is set")
+  add("--coordinator_address", default=None,
+      help="multi-process: process 0's host:port (or $JAX_COORDINATOR_"
+      "ADDRESS); see ban_jax/runtime/distributed.py")
+  add("--num_processes", type=int, default=None)
+  add("--process_id", type=int, default=None)
+  args = parser.parse_args(argv)
+  _check_args(parser, args)
+  return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args) -> None:
+  """Names a bad flag value before anything is compiled."""
+  # pylint: disable=g-import-not-at-top
+  from ban_jax import models
+  # pylint: enable=g-import-not-at-top
+  bad_modes = [m for m in _names(args.modes) if m not in MODES]
+  if bad_modes or not _names(args.modes):
+    parser.error(f"--modes={args.modes!r}: use any of {', '.join(MODES)}.")
+  if not _names(args.models):
+    parser.error("--models is empty.")
+  for name in _names(args.models):
+    try:
+      models.get_model(name, args.num_classes)
+    except ValueError as e:
+      parser.error(f"--models: {e}")
+  try:
+    batches = [int(b) for b in _names(args.batch_sizes)]
+  except ValueError:
+    parser.error(f"--batch_sizes={args.batch_sizes!r}: use integers, e.g. "
+                 "128,256.")
+  if not batches or min(batches) < 1:
+    parser.error(f"--batch_sizes={args.batch_sizes!r}: use positive "
+                 "integers, e.g. 128,256.")
+  at_least_0 = ("warmup", "steps_per_call", "devices", "profile_steps")
+  for flag in ("steps", "num_examples", "image_size", "num_classes",
+               *at_least_0):
+    if getattr(args, flag) < (0 if flag in at_least_0 else 1):
+      parser.error(f"--{flag}={getattr(args, flag)} is too small.")
+  if args.dtype not in ("auto", *DTYPE_LABELS):
+    parser.error(f"--dtype={args.dtype!r}: use auto, "
+                 f"{', '.join(DTYPE_LABELS)}.")
+  try:
+    # Kept for the benchmark, which reads it after every flag is checked.
+    args.base_config = load_config(args.config)
+  except Exception as e:  # pylint: disable=broad-except
+    parser.error(f"--config={args.config!r} cannot be loaded: "
+                 f"{type(e).__name__}: {e}. Pass a configs/*.py file.")
+  if args.compare:
+    # Read now, not after the benchmark: a typo must not cost the table.
+    try:
+      _read_peer(args.compare)
+    except (OSError, ValueError) as e:
+      parser.error(f"--compare={args.compare!r}: {e}. Pass the JSON lines "
+                   "that peer_torch.py printed.")
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  try:
+    distributed.initialize(args.coordinator_address, args.num_processes,
+                           args.process_id)
+  except ValueError as e:  # A partial or malformed multi-process setting.
+    sys.exit(f"ERROR: {e}")
+  speak = jax.process_index() == 0
+  rows = []
+  for row in _rows(args):
+    rows.append(row)
+    if speak:
+      print(json.dumps(row), flush=True)
+  if speak:
+    peer = _read_peer(args.compare) if args.compare else []
+    print("\n" + table(rows, peer), flush=True)
+  if any("error" in row for row in rows):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main()
