@@ -1,7 +1,7 @@
 """Stopping on SIGTERM / Ctrl-C: the signal handler and the hosts' agreement.
 
 End to end: tests/test_pipeline.py (a request mid-generation is
-checkpointed and resumed exactly), tests/test_robustness.py (SIGTERM to
+checkpointed and resumed exactly), tests/test_faults.py (SIGTERM to
 the command line), tests/test_multihost.py (SIGTERM to one of two hosts).
 """
 
