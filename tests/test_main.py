@@ -2,7 +2,6 @@
 
 import logging
 import os
-import pickle
 import signal
 import subprocess
 import sys
