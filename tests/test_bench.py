@@ -133,19 +133,6 @@ def test_bench_config_is_the_peers_recipe():
   assert base.batch_size != 256  # The base config is left as it was.
 
 
-def test_synthetic_dataset_shapes_and_ranges():
-  data = bench.synthetic_dataset(num_examples=200, image_size=8,
-                                 num_classes=3, num_test=5)
-  assert data.train_images.shape == (200, 8, 8, 3)
-  assert data.test_images.shape == (5, 8, 8, 3)
-  assert data.train_images.dtype == np.uint8
-  assert (data.train_images.min(), data.train_images.max()) == (0, 255)
-  assert data.train_labels.dtype == np.int32
-  assert set(np.unique(data.train_labels)) == {0, 1, 2}
-  assert data.test_labels.shape == (5,)
-  assert (data.num_classes, data.label_names) == (3, ("0", "1", "2"))
-
-
 class _Device:
   """A device whose memory_stats() returns `stats` (or raises it)."""
 

@@ -50,8 +50,7 @@ def _toy_dataset():
                  train_labels=labels[:NUM_TRAIN],
                  test_images=images[NUM_TRAIN:],
                  test_labels=labels[NUM_TRAIN:], num_classes=10,
-                 label_names=tuple(map(str, range(10))), mean=(120.0,),
-                 std=(70.0,))
+                 mean=(120.0,), std=(70.0,))
 
 
 def _host_block(dataset, index, count):

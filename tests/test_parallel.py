@@ -43,8 +43,7 @@ def _dataset():
   labels = rng.integers(0, 10, (80,), dtype=np.int32)
   return Dataset(name="toy", train_images=images[:64],
                  train_labels=labels[:64], test_images=images[64:],
-                 test_labels=labels[64:], num_classes=10,
-                 label_names=tuple(map(str, range(10))), mean=(120.0,),
+                 test_labels=labels[64:], num_classes=10, mean=(120.0,),
                  std=(70.0,))
 
 

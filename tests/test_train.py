@@ -12,6 +12,7 @@ from ban_jax import feature_losses
 from ban_jax import losses
 from ban_jax import pipeline
 from ban_jax import train
+from ban_jax.data import synthetic
 from ban_jax.runtime import compilation
 from ban_jax.runtime import parallel
 from configs import digits
@@ -153,14 +154,13 @@ def test_cross_architecture_chain(tmp_path):
 
 
 def test_prepare_teacher_casts_kernels_once_without_changing_outputs():
-  from ban_jax.tools import bench  # pylint: disable=g-import-not-at-top
   config = digits.get_config()
   config.batch_size = 16
   config.model.dtype = "bfloat16"
   model = pipeline.build_model("wrn10_1", config, NUM_CLASSES)
   mesh = parallel.make_mesh(jax.devices()[:1])
   data = train.put_dataset(
-      bench.synthetic_dataset(32, 8, NUM_CLASSES, num_test=16), mesh, 16)
+      synthetic.load(32, 8, NUM_CLASSES, num_test=16), mesh, 16)
   trainer = train.GenerationTrainer(config, model, model, data, mesh)
   variables = trainer.init_state(jax.random.key(0)).variables
   prepared = trainer.prepare_teacher(variables)
@@ -201,7 +201,6 @@ def test_xla_options_parse_and_reach_the_compiled_step():
   with pytest.raises(ValueError, match="is not 'xla_<option>=<value>'"):
     compilation.xla_compiler_options("gpu_autotune_level=2")
 
-  from ban_jax.tools import bench  # pylint: disable=g-import-not-at-top
   config = digits.get_config()
   config.batch_size = 16
   # A name XLA does not know: only a compile that received it can refuse it.
@@ -209,7 +208,7 @@ def test_xla_options_parse_and_reach_the_compiled_step():
   model = pipeline.build_model("wrn10_1", config, NUM_CLASSES)
   mesh = parallel.make_mesh(jax.devices()[:1])
   data = train.put_dataset(
-      bench.synthetic_dataset(32, 8, NUM_CLASSES, num_test=16), mesh, 16)
+      synthetic.load(32, 8, NUM_CLASSES, num_test=16), mesh, 16)
   trainer = train.GenerationTrainer(config, model, model, data, mesh)
   state = trainer.init_state(jax.random.key(0))
   perm = jnp.arange(32)

@@ -20,7 +20,6 @@ class Dataset:
   test_images: np.ndarray
   test_labels: np.ndarray
   num_classes: int
-  label_names: tuple[str, ...]
   # Per-channel mean and std of the training images, in pixel units (0-255).
   mean: tuple[float, ...]
   std: tuple[float, ...]
@@ -54,7 +53,7 @@ DATASET_SHAPES = {
     "cifar10": ((32, 32, 3), 10),
     "cifar100": ((32, 32, 3), 100),
 }
-# Where CIFAR comes from (config.data.source); see data/cifar.py.
+# Where CIFAR comes from (config.data.source); see data/cifar/.
 DATA_SOURCES = ("auto", "tfds", "archive")
 
 

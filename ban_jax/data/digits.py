@@ -29,5 +29,4 @@ def load() -> Dataset:
       name="digits",
       train_images=train_x, train_labels=train_y,
       test_images=test_x, test_labels=test_y,
-      num_classes=10, label_names=tuple(str(i) for i in range(10)),
-      mean=mean, std=std)
+      num_classes=10, mean=mean, std=std)

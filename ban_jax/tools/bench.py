@@ -59,9 +59,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ban_jax import config_file
+from ban_jax.data import synthetic
 from ban_jax.runtime import distributed
 
 # Our registry names -> the names peer_torch.py prints, for --compare.
@@ -70,9 +70,6 @@ PEER_NAMES = {"wrn28_10": "wrn28_10", "resnet18": "resnet18",
 DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # What --modes takes: bare steps, steps with augmentation, a whole epoch.
 MODES = ("step", "step+aug", "epoch")
-# Channel stats of CIFAR-100's train split; any values cost the same.
-_MEAN = (129.3, 124.1, 112.4)
-_STD = (68.2, 65.4, 70.4)
 _GB = 1e9
 
 
@@ -116,22 +113,6 @@ def bench_config(base, model: str, batch: int, dtype: str,
   config.optim.weight_decay = 5e-4
   config.optim.lr_decay_epochs = ()
   return config
-
-
-def synthetic_dataset(num_examples: int, image_size: int, num_classes: int,
-                      num_test: int, seed: int = 0):
-  """Random uint8 images and labels, CIFAR-shaped by default."""
-  from ban_jax.data import Dataset  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(seed)
-  shape = (image_size, image_size, 3)
-  return Dataset(
-      name="synthetic",
-      train_images=rng.integers(0, 256, (num_examples,) + shape, np.uint8),
-      train_labels=rng.integers(0, num_classes, (num_examples,), np.int32),
-      test_images=rng.integers(0, 256, (num_test,) + shape, np.uint8),
-      test_labels=rng.integers(0, num_classes, (num_test,), np.int32),
-      num_classes=num_classes,
-      label_names=tuple(map(str, range(num_classes))), mean=_MEAN, std=_STD)
 
 
 def peak_memory_gb() -> float | None:
@@ -314,8 +295,8 @@ def _rows(args):
         row["xla_options"] = args.xla_options
       bench = None
       try:
-        dataset = synthetic_dataset(args.num_examples, args.image_size,
-                                    args.num_classes, num_test=batch)
+        dataset = synthetic.load(args.num_examples, args.image_size,
+                                 args.num_classes, num_test=batch)
         data = train.put_dataset(dataset, mesh, batch)
         bench = KDBench(base, model, batch, args.dtype, args.steps_per_call,
                         data, mesh, args.xla_options, args.profile_dir,
