@@ -315,65 +315,65 @@ def _rows(args):
             "epoch": "epoch"}
   modes = _names(args.modes)
   classifiers = (True, False) if args.bf16_classifier else (True,)
-  for model, batch, float32_classifier in itertools.product(
-      _names(args.models), [int(b) for b in _names(args.batch_sizes)],
-      classifiers):
-    if not float32_classifier and not _has_low_classifier(model):
-      print(f"{model} has no bfloat16-classifier option: no "
-            "--bf16_classifier rows for it.", file=sys.stderr)
-      continue
-    row = {"impl": "ban_jax", "model": model, "batch": batch,
-           "dtype": dtype_label, "devices": len(devices),
-           "device_kind": devices[0].device_kind,
-           "steps_per_call": args.steps_per_call,
-           "image_size": args.image_size,
-           "classifier": "fp32" if float32_classifier else dtype_label}
-    if args.xla_options:
-      row["xla_options"] = args.xla_options
-    bench = None
-    try:
-      dataset = synthetic_dataset(args.num_examples, args.image_size,
-                                  args.num_classes, num_test=batch)
-      data = train.put_dataset(dataset, mesh, batch)
-      bench = KDBench(base, model, batch, args.dtype, args.steps_per_call,
-                      data, mesh, args.xla_options, args.profile_dir,
-                      args.profile_steps,
-                      float32_classifier=float32_classifier)
-    except Exception as e:  # pylint: disable=broad-except
-      # One model's failure (out of memory at a big batch, a failed
-      # compile) must not lose the others' numbers. Bad names were
-      # refused by parse_args.
-      error = f"{type(e).__name__}: {e}"[:500]
-    for mode in modes:
-      result = dict(row, mode=labels[mode] + (
-          "" if float32_classifier else f", {dtype_label} classifier"))
-      if bench is None:
-        result["error"] = error
-        yield result
+  for model in _names(args.models):
+    for batch, float32_classifier in itertools.product(
+        [int(b) for b in _names(args.batch_sizes)], classifiers):
+      if not float32_classifier and not _has_low_classifier(model):
+        print(f"{model} has no bfloat16-classifier option: no "
+              "--bf16_classifier rows for it.", file=sys.stderr)
         continue
+      row = {"impl": "ban_jax", "model": model, "batch": batch,
+             "dtype": dtype_label, "devices": len(devices),
+             "device_kind": devices[0].device_kind,
+             "steps_per_call": args.steps_per_call,
+             "image_size": args.image_size,
+             "classifier": "fp32" if float32_classifier else dtype_label}
+      if args.xla_options:
+        row["xla_options"] = args.xla_options
+      bench = None
       try:
-        if mode == "epoch":
-          measured = bench.epoch(args.steps_per_call)
-          measured["num_examples"] = data.num_train
-        else:
-          measured = bench.steps(mode == "step+aug", args.steps,
-                                 args.warmup, args.steps_per_call)
-        measured["peak_mem_gb"] = peak_memory_gb()
-        result.update({k: (round(v, 1 if k == "img_per_s" else 3)
-                           if isinstance(v, float) else v)
-                       for k, v in measured.items()})
+        dataset = synthetic_dataset(args.num_examples, args.image_size,
+                                    args.num_classes, num_test=batch)
+        data = train.put_dataset(dataset, mesh, batch)
+        bench = KDBench(base, model, batch, args.dtype, args.steps_per_call,
+                        data, mesh, args.xla_options, args.profile_dir,
+                        args.profile_steps,
+                        float32_classifier=float32_classifier)
       except Exception as e:  # pylint: disable=broad-except
-        result["error"] = f"{type(e).__name__}: {e}"[:500]
-      yield result
-      if (args.profile_dir and args.profile_steps and mode != "epoch"
-          and "error" not in result):
-        # After the row is out: a slow or failing trace loses no timing.
+        # One model's failure (out of memory at a big batch, a failed
+        # compile) must not lose the others' numbers. Bad names were
+        # refused by parse_args.
+        error = f"{type(e).__name__}: {e}"[:500]
+      for mode in modes:
+        result = dict(row, mode=labels[mode] + (
+            "" if float32_classifier else f", {dtype_label} classifier"))
+        if bench is None:
+          result["error"] = error
+          yield result
+          continue
         try:
-          bench.profile(mode == "step+aug", args.steps_per_call)
+          if mode == "epoch":
+            measured = bench.epoch(args.steps_per_call)
+            measured["num_examples"] = data.num_train
+          else:
+            measured = bench.steps(mode == "step+aug", args.steps,
+                                   args.warmup, args.steps_per_call)
+          measured["peak_mem_gb"] = peak_memory_gb()
+          result.update({k: (round(v, 1 if k == "img_per_s" else 3)
+                             if isinstance(v, float) else v)
+                         for k, v in measured.items()})
         except Exception as e:  # pylint: disable=broad-except
-          print(f"Profiling {model} {mode} failed: {type(e).__name__}: "
-                f"{e}", file=sys.stderr)
-    del bench
+          result["error"] = f"{type(e).__name__}: {e}"[:500]
+        yield result
+        if (args.profile_dir and args.profile_steps and mode != "epoch"
+            and "error" not in result):
+          # After the row is out: a slow or failing trace loses no timing.
+          try:
+            bench.profile(mode == "step+aug", args.steps_per_call)
+          except Exception as e:  # pylint: disable=broad-except
+            print(f"Profiling {model} {mode} failed: {type(e).__name__}: "
+                  f"{e}", file=sys.stderr)
+      del bench
 
 
 def _has_low_classifier(model: str) -> bool:
