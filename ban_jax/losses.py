@@ -13,10 +13,27 @@ module holds the paper's two ablations of the KD gradient (Section 3.2):
   Eq. 7 and drops the dark knowledge.
 * DKPP, Dark Knowledge with Permuted Predictions (Eq. 11): the teacher's
   distribution with its non-max probabilities shuffled. Keeps the moments of
-  the dark knowledge and destroys which wrong classes it points at.
+  the dark knowledge and destroys which wrong classes it points at. The
+  shuffle is either one permutation per training example for the whole
+  generation (`example_ids` with one key per generation: the
+  `dkpp_permutation` "example") or a new one every step ("step", which
+  averaged over steps is only label smoothing scaled by the teacher's
+  confidence).
 
 and diagnostics for Eq. 7 (how much of the KD gradient is dark knowledge),
 the KL divergence and the top-1 agreement between teacher and student.
+
+What the Eq. 7 split means for each loss. `dark_knowledge_share` always
+splits the T = 1 KD gradient (q - p)/b, whatever the loss: it measures how
+the student and the teacher differ, on and off the label. The split of the
+gradient of the loss actually used, `loss_gradient_split`, exists only where
+that loss has a teacher cross-entropy term, `kd` and `kd+label`
+(`DARK_KNOWLEDGE_LOSSES`). CWTM has no dark-knowledge term at all: its
+gradient is the label gradient weighted by the teacher's confidence. DKPP's
+target does have off-label entries, but they are the teacher's
+probabilities moved to other classes, not its class-wise dark knowledge, so
+splitting them off would call noise dark knowledge; for DKPP only the T = 1
+share (student against teacher) is reported.
 """
 
 import jax
@@ -24,6 +41,14 @@ import jax.numpy as jnp
 
 # Names accepted by `distillation_loss`, in the order of the paper's Table 2.
 DISTILL_LOSSES = ("ce", "kd", "kd+label", "cwtm", "dkpp")
+# The losses whose gradient has an Eq. 7 dark-knowledge part (a teacher
+# cross-entropy term): `loss_gradient_split` accepts these.
+DARK_KNOWLEDGE_LOSSES = ("kd", "kd+label")
+# How DKPP draws its permutations (config.distill.dkpp_permutation):
+# `example`, one per training example for the whole generation (a function
+# of the generation's key and the example's index); `step`, a new one for
+# every example at every step.
+DKPP_PERMUTATIONS = ("example", "step")
 
 
 def _f32(x: jax.Array) -> jax.Array:
@@ -105,23 +130,34 @@ def cwtm_loss(student_logits: jax.Array, teacher_logits: jax.Array,
 
 
 def dkpp_targets(rng: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
-                 *, keep_argmax: bool = False) -> jax.Array:
+                 *, keep_argmax: bool = False,
+                 example_ids: jax.Array | None = None) -> jax.Array:
   """Targets of Dark Knowledge with Permuted Predictions (the paper's Eq. 11).
 
   Each row holds the teacher's max probability at an anchor position and the
   teacher's other n-1 probabilities in a uniformly random order on the other
-  n-1 positions, drawn independently for every sample. The anchor is the
-  true label (Eq. 11, default) or, with `keep_argmax=True`, the teacher's
-  argmax (the wording of the Table 2 caption: "all dimensions but the argmax
-  permuted"). The two coincide wherever the teacher is right. Every row is a
-  permutation of the teacher's probabilities, so it sums to 1 and keeps all
-  their moments.
+  n-1 positions. The anchor is the true label (Eq. 11, default) or, with
+  `keep_argmax=True`, the teacher's argmax (the wording of the Table 2
+  caption: "all dimensions but the argmax permuted"). The two coincide
+  wherever the teacher is right. Every row is a permutation of the teacher's
+  probabilities, so it sums to 1 and keeps all their moments.
+
+  Which permutation a row gets:
+  * `example_ids=None`: one drawn from `rng` for the whole batch, rows
+    independent; a new `rng` every step redraws them every step.
+  * `example_ids` given: row i's permutation is a function of
+    (rng, example_ids[i]) alone, not of its position in the batch nor of the
+    other rows. With one `rng` per generation, each training example keeps
+    one permutation of its teacher's non-anchor probabilities (taken in
+    class order) through every epoch and every augmented view.
 
   Args:
-    rng: a PRNG key; the permutations are a function of it and the batch.
+    rng: a PRNG key.
     teacher_logits: (b, n) teacher logits.
     labels: (b,) integer labels.
     keep_argmax: anchor the max at the teacher's argmax instead of the label.
+    example_ids: optional (b,) integer ids of the rows' examples, e.g. their
+      indices in the train split.
 
   Returns:
     (b, n) float32 target probabilities, without gradient.
@@ -138,9 +174,17 @@ def dkpp_targets(rng: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
   # slot j holds class j before the argmax and class j+1 after it.
   slots = jnp.arange(n - 1)[None, :]
   others = jnp.take_along_axis(probs, slots + (slots >= argmax), axis=-1)
-  # Row-wise independent shuffles; `permutation` sorts by random bits over
-  # enough rounds that ties do not bias the permutation.
-  others = jax.random.permutation(rng, others, axis=-1, independent=True)
+  # `permutation` sorts by random bits over enough rounds that ties do not
+  # bias the permutation.
+  if example_ids is None:
+    # Row-wise independent shuffles from one key.
+    others = jax.random.permutation(rng, others, axis=-1, independent=True)
+  else:
+    # One key per example, folded from its id: the same id gets the same
+    # shuffle wherever it sits in whichever batch.
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+        rng, jnp.asarray(example_ids))
+    others = jax.vmap(jax.random.permutation)(keys, others)
 
   # Scatter back around the anchor: class i < anchor reads slot i and class
   # i > anchor reads slot i-1. The anchor's own read is replaced by the max.
@@ -153,48 +197,69 @@ def dkpp_targets(rng: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
 
 def dkpp_loss(rng: jax.Array, student_logits: jax.Array,
               teacher_logits: jax.Array, labels: jax.Array, *,
-              keep_argmax: bool = False) -> jax.Array:
+              keep_argmax: bool = False,
+              example_ids: jax.Array | None = None) -> jax.Array:
   """Soft cross-entropy from the student to `dkpp_targets` (Eq. 11)."""
-  targets = dkpp_targets(rng, teacher_logits, labels, keep_argmax=keep_argmax)
+  targets = dkpp_targets(rng, teacher_logits, labels, keep_argmax=keep_argmax,
+                         example_ids=example_ids)
   return soft_cross_entropy(student_logits, targets)
 
 
 def dark_knowledge_split(student_logits: jax.Array, teacher_logits: jax.Array,
-                         labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+                         labels: jax.Array, *, temperature: float = 1.0
+                         ) -> tuple[jax.Array, jax.Array]:
   """Splits the KD gradient into its true-label and dark parts (Eq. 7).
 
-  The gradient of `kd_loss` (T = 1) with respect to the student logits is
-  (q - p) / b. The true-label part keeps its entries at each sample's label
-  and zeros elsewhere; the dark part keeps all other entries. The two have
-  disjoint support and sum to the whole gradient. Computed in closed form;
-  this is a diagnostic, so nothing is stopped from differentiating it.
+  The gradient of `kd_loss` at temperature T (T^2 * KD_T) with respect to
+  the student logits is T (q_T - p_T) / b, with q_T and p_T the softmaxes
+  at T; at the paper's T = 1 it is (q - p) / b. The true-label part keeps
+  its entries at each sample's label and zeros elsewhere; the dark part
+  keeps all other entries. The two have disjoint support and sum to the
+  whole gradient. Computed in closed form; this is a diagnostic, so nothing
+  is stopped from differentiating it.
 
   Args:
     student_logits: (b, n) student logits.
     teacher_logits: (b, n) teacher logits.
     labels: (b,) integer labels.
+    temperature: the KD temperature T.
 
   Returns:
     (true_label_part, dark_part), two (b, n) float32 arrays.
   """
-  student_probs = jax.nn.softmax(_f32(student_logits), axis=-1)
-  teacher_probs = jax.nn.softmax(_f32(teacher_logits), axis=-1)
-  grad = (student_probs - teacher_probs) / student_probs.shape[0]
+  student_probs = jax.nn.softmax(_f32(student_logits) / temperature, axis=-1)
+  teacher_probs = jax.nn.softmax(_f32(teacher_logits) / temperature, axis=-1)
+  grad = temperature * (student_probs - teacher_probs) / student_probs.shape[0]
   is_label = jax.nn.one_hot(labels, grad.shape[-1], dtype=jnp.bool_)
   zeros = jnp.zeros_like(grad)
   return jnp.where(is_label, grad, zeros), jnp.where(is_label, zeros, grad)
 
 
+def _share(rest: jax.Array, dark: jax.Array) -> jax.Array:
+  """||dark||^2 / (||rest||^2 + ||dark||^2); 0 where both are zero."""
+  dark = jnp.sum(jnp.square(dark))
+  whole = jnp.sum(jnp.square(rest)) + dark
+  # The inner `where` keeps the unused branch finite, so no NaN leaks into
+  # gradients when whole == 0.
+  safe_whole = jnp.where(whole > 0, whole, 1.0)
+  return jnp.where(whole > 0, dark / safe_whole, 0.0)
+
+
 def dark_knowledge_share(student_logits: jax.Array, teacher_logits: jax.Array,
                          labels: jax.Array) -> jax.Array:
-  """Fraction of the squared KD gradient norm that is dark knowledge.
+  """Fraction of the squared T = 1 KD gradient norm that is dark knowledge.
 
   share = ||dark||_2^2 / ||whole||_2^2 with the parts of
-  `dark_knowledge_split`, norms taken over the whole (b, n) array. The parts
-  have disjoint support, so ||whole||^2 = ||true||^2 + ||dark||^2 and the
-  share lies in [0, 1]: 0 when the teacher only re-weights the label, 1 when
-  the student already matches the teacher at the labels. Where the gradient
-  is exactly zero (q = p) the share is defined as 0.
+  `dark_knowledge_split` at T = 1, norms taken over the whole (b, n) array.
+  The parts have disjoint support, so ||whole||^2 = ||true||^2 + ||dark||^2
+  and the share lies in [0, 1]: 0 when the teacher only re-weights the
+  label, 1 when the student already matches the teacher at the labels.
+  Where the gradient is exactly zero (q = p) the share is defined as 0.
+
+  It is always the T = 1 KD gradient, whatever loss trains the student: a
+  measure of how student and teacher differ on and off the label (the
+  per-epoch metric `kd_t1_dark_knowledge_share`). For the gradient of the
+  loss actually used see `loss_dark_knowledge_share`.
 
   Args:
     student_logits: (b, n) student logits.
@@ -204,14 +269,68 @@ def dark_knowledge_share(student_logits: jax.Array, teacher_logits: jax.Array,
   Returns:
     A float32 scalar in [0, 1].
   """
-  true_part, dark_part = dark_knowledge_split(student_logits, teacher_logits,
-                                              labels)
-  dark = jnp.sum(jnp.square(dark_part))
-  whole = jnp.sum(jnp.square(true_part)) + dark
-  # The inner `where` keeps the unused branch finite, so no NaN leaks into
-  # gradients when whole == 0.
-  safe_whole = jnp.where(whole > 0, whole, 1.0)
-  return jnp.where(whole > 0, dark / safe_whole, 0.0)
+  return _share(*dark_knowledge_split(student_logits, teacher_logits, labels))
+
+
+def loss_gradient_split(name: str, student_logits: jax.Array,
+                        teacher_logits: jax.Array, labels: jax.Array, *,
+                        temperature: float = 1.0, label_weight: float = 1.0,
+                        teacher_weight: float = 1.0
+                        ) -> tuple[jax.Array, jax.Array]:
+  """Splits the gradient of `distillation_loss(name, ...)` as Eq. 7 does.
+
+  Returns (rest, dark), which sum to the gradient of the loss with respect
+  to the student logits (the same arguments as `distillation_loss`):
+
+  * "kd": teacher_weight times the parts of `dark_knowledge_split` at
+    `temperature`: rest is the true-label entries, dark all others.
+  * "kd+label": dark is teacher_weight times the KD term's dark part; rest
+    is everything else, the label cross-entropy's gradient
+    label_weight * (q - y) / b (no teacher in it, so no dark knowledge,
+    although it has off-label entries) plus the KD term's true-label part.
+    Here the two parts overlap at off-label entries.
+
+  Other losses have no dark-knowledge term to split off (see the module
+  docstring), so they raise.
+
+  Returns:
+    (rest, dark), two (b, n) float32 arrays.
+
+  Raises:
+    ValueError: for a name not in DARK_KNOWLEDGE_LOSSES.
+  """
+  if name not in DARK_KNOWLEDGE_LOSSES:
+    raise ValueError(
+        f"Loss {name!r} has no Eq. 7 dark-knowledge term; losses with one: "
+        f"{DARK_KNOWLEDGE_LOSSES}.")
+  true_part, dark_part = dark_knowledge_split(
+      student_logits, teacher_logits, labels, temperature=temperature)
+  rest, dark = teacher_weight * true_part, teacher_weight * dark_part
+  if name == "kd+label":
+    student_probs = jax.nn.softmax(_f32(student_logits), axis=-1)
+    one_hot = jax.nn.one_hot(labels, student_probs.shape[-1])
+    rest += label_weight * (student_probs - one_hot) / student_probs.shape[0]
+  return rest, dark
+
+
+def loss_dark_knowledge_share(name: str, student_logits: jax.Array,
+                              teacher_logits: jax.Array, labels: jax.Array,
+                              **kwargs) -> jax.Array:
+  """Dark-knowledge share of the gradient of the loss actually used.
+
+  ||dark||^2 / (||rest||^2 + ||dark||^2) with the parts of
+  `loss_gradient_split` (same arguments; kwargs: temperature, label_weight,
+  teacher_weight), in [0, 1]; 0 where the gradient is zero. For "kd" the
+  parts are disjoint, so the denominator is the whole gradient's squared
+  norm, and at T = 1 this equals `dark_knowledge_share`. For "kd+label" the
+  parts overlap at off-label entries, where the label term pushes the
+  student's probabilities down and the dark part moves them toward the
+  teacher's; the denominator is the sum of the parts' squared norms, which
+  keeps the share in [0, 1] (the squared norm of their sum may be smaller
+  than that of the dark part alone).
+  """
+  return _share(*loss_gradient_split(name, student_logits, teacher_logits,
+                                     labels, **kwargs))
 
 
 def kl_divergence(teacher_logits: jax.Array,
@@ -239,7 +358,8 @@ def distillation_loss(name: str, student_logits: jax.Array,
                       teacher_logits: jax.Array | None, labels: jax.Array,
                       rng: jax.Array | None, *, temperature: float = 1.0,
                       label_weight: float = 1.0, teacher_weight: float = 1.0,
-                      dkpp_keep_argmax: bool = False) -> jax.Array:
+                      dkpp_keep_argmax: bool = False,
+                      example_ids: jax.Array | None = None) -> jax.Array:
   """The training loss of a generation, chosen by name.
 
   `name` is a Python string, so the choice is made at trace time.
@@ -250,7 +370,8 @@ def distillation_loss(name: str, student_logits: jax.Array,
   * "kd+label": label_weight * `cross_entropy` + teacher_weight * `kd_loss`
     at `temperature` (BAN+L).
   * "cwtm": `cwtm_loss` (Eq. 10); no temperature, no weight.
-  * "dkpp": `dkpp_loss` with `rng` (Eq. 11); no temperature, no weight.
+  * "dkpp": `dkpp_loss` with `rng` and `example_ids` (Eq. 11); no
+    temperature, no weight.
 
   Args:
     name: one of DISTILL_LOSSES.
@@ -262,6 +383,8 @@ def distillation_loss(name: str, student_logits: jax.Array,
     label_weight: weight of the label term of "kd+label".
     teacher_weight: weight of the teacher term of "kd" and "kd+label".
     dkpp_keep_argmax: passed to `dkpp_loss` as keep_argmax.
+    example_ids: passed to `dkpp_loss`: (b,) ids of the rows' examples for
+      one permutation per example, or None for one drawn from `rng`.
 
   Returns:
     A float32 scalar.
@@ -289,4 +412,4 @@ def distillation_loss(name: str, student_logits: jax.Array,
   if rng is None:
     raise ValueError("Distillation loss 'dkpp' needs an rng key.")
   return dkpp_loss(rng, student_logits, teacher_logits, labels,
-                   keep_argmax=dkpp_keep_argmax)
+                   keep_argmax=dkpp_keep_argmax, example_ids=example_ids)

@@ -77,6 +77,18 @@ def loss_name(config, generation: int) -> str:
   return "ce" if generation == 0 else config.distill.loss
 
 
+def dkpp_choices(config) -> dict[str, Any]:
+  """results.json's `dkpp` when the loss is DKPP: the two choices the paper
+  leaves open, where the max goes ('label' or 'argmax') and how often the
+  permutations are drawn ('example' or 'step'); {} for other losses."""
+  distill = config.distill
+  if distill.loss != "dkpp":
+    return {}
+  return {"dkpp": {
+      "anchor": "argmax" if distill.dkpp_keep_argmax else "label",
+      "permutation": distill.get("dkpp_permutation", "example")}}
+
+
 def _is_shared(path: tuple[str, ...]) -> bool:
   return path[0] in ("stem", "classifier")
 
@@ -311,8 +323,12 @@ def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
 
 
 def paper_entry(config) -> dict[str, Any] | None:
-  """results.json's `paper`: the named row's numbers, or None."""
-  if not config.get("paper_row", ""):
+  """results.json's `paper`: the named row's numbers, or None.
+
+  None as well for a run on a subset of the data (`data.max_*_examples`):
+  its errors are not comparable with the paper's at all.
+  """
+  if not config.get("paper_row", "") or paper_results.is_capped(config):
     return None
   row = paper_results.get(config.paper_row)
   return {"row": config.paper_row, "table": row.table,
@@ -362,6 +378,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   results = {
       "dataset": dataset.name,
       "loss": config.distill.loss,
+      **dkpp_choices(config),
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "seeds": run_seeds,
       "generations": per_seed[0]["generations"],

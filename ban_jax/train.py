@@ -87,19 +87,53 @@ def make_optimizer(optim, steps_per_epoch: int,
 # ------------------------------------------------------------------- steps
 
 
+# fold_in data of the generation's DKPP key (`dkpp_example_rng`): the
+# steps' keys fold in the step, which stays below 2^31 (an int32 counter),
+# so this one is never a step's.
+_DKPP_STREAM = 2**32 - 1
+
+
+def dkpp_example_rng(base_rng: jax.Array) -> jax.Array:
+  """The key of DKPP's per-example permutations for a whole generation.
+
+  `base_rng` is the generation's step key (`fit` passes the same one to
+  every call of `train_steps`), so this key does not change with the step:
+  each training example keeps its permutation for the whole generation.
+  """
+  return jax.random.fold_in(base_rng, _DKPP_STREAM)
+
+
+def dkpp_per_example(distill) -> bool:
+  """Whether the config's loss is DKPP with one permutation per example."""
+  return (distill.loss == "dkpp"
+          and distill.get("dkpp_permutation", "example") == "example")
+
+
 def student_update(state: TrainState, tx: optax.GradientTransformation,
                    student: nn.Module, images: jax.Array, labels: jax.Array,
                    teacher_logits: jax.Array | None, rng: jax.Array,
-                   distill, teacher_intermediates=None
+                   distill, teacher_intermediates=None, *,
+                   example_ids: jax.Array | None = None,
+                   example_rng: jax.Array | None = None
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step of the student; pure in all its array arguments.
 
   `teacher_logits` is None for generation 0 (labels only); otherwise the
   config's distillation loss is used and the teacher's logits are treated
   as constants. `teacher_intermediates` (the teacher's sown stage features)
-  is needed only when the config adds a feature-level term.
+  is needed only when the config adds a feature-level term. DKPP with
+  `dkpp_permutation="example"` needs `example_ids`, the batch's indices in
+  the train split, and `example_rng`, the generation's key
+  (`dkpp_example_rng`); every other loss ignores them.
   """
   dropout_rng, loss_rng = jax.random.split(rng)
+  loss_ids = None
+  if teacher_logits is not None and dkpp_per_example(distill):
+    if example_ids is None or example_rng is None:
+      raise ValueError(
+          "DKPP with dkpp_permutation='example' needs the batch's example "
+          "ids and the generation's key (example_ids, example_rng).")
+    loss_rng, loss_ids = example_rng, example_ids
   with_features = (teacher_logits is not None
                    and feature_losses.uses_features(distill))
   if teacher_logits is not None:
@@ -118,7 +152,7 @@ def student_update(state: TrainState, tx: optax.GradientTransformation,
           temperature=distill.temperature,
           label_weight=distill.label_weight,
           teacher_weight=distill.teacher_weight,
-          dkpp_keep_argmax=distill.dkpp_keep_argmax)
+          dkpp_keep_argmax=distill.dkpp_keep_argmax, example_ids=loss_ids)
     if with_features:
       loss += feature_losses.weighted_feature_loss(
           distill, new_vars["intermediates"],
@@ -134,8 +168,16 @@ def student_update(state: TrainState, tx: optax.GradientTransformation,
   metrics = {"loss": loss,
              "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
   if teacher_logits is not None:
-    metrics["dark_knowledge_share"] = losses.dark_knowledge_share(
+    # Student against teacher at T = 1, whatever the loss (see losses.py).
+    metrics["kd_t1_dark_knowledge_share"] = losses.dark_knowledge_share(
         logits, teacher_logits, labels)
+    if distill.loss in losses.DARK_KNOWLEDGE_LOSSES:
+      # The Eq. 7 split of the gradient of the loss that trains the student.
+      metrics["loss_dark_knowledge_share"] = losses.loss_dark_knowledge_share(
+          distill.loss, logits, teacher_logits, labels,
+          temperature=distill.temperature,
+          label_weight=distill.label_weight,
+          teacher_weight=distill.teacher_weight)
   return new_state, metrics
 
 
@@ -235,12 +277,14 @@ class GenerationTrainer:
   def prepare_teacher(self, variables: Variables | None) -> Variables | None:
     """The teacher's variables as the train step reads them.
 
-    Convolutions and the classifier cast their kernels to the compute dtype
-    on every use; a teacher's kernels never change, so they are cast once
-    here instead of in every step (bit-identical outputs: the cast in the
-    step becomes a no-op). Batch-norm parameters and statistics stay
-    float32. In an H200 trace of one ResNet-18 step per call, these casts
-    took 4% of the step; a scan of several steps already hoists them.
+    Convolutions cast their kernels to the compute dtype on every use; a
+    teacher's kernels never change, so they are cast once here instead of
+    in every step (bit-identical outputs: the cast in the step becomes a
+    no-op). Batch-norm parameters and statistics stay float32, and so does
+    the classifier's kernel when the classifier computes in float32 (the
+    default; see common.global_pool_logits). In an H200 trace of one
+    ResNet-18 step per call, these casts took 4% of the step; a scan of
+    several steps already hoists them.
     """
     if variables is None or self.teacher is None:
       return variables
@@ -248,9 +292,13 @@ class GenerationTrainer:
                                                    None)))
     if dtype == jnp.float32:
       return variables
+    keep_classifier = getattr(self.teacher, "float32_classifier", True)
 
     def cast(path, leaf):
-      is_kernel = getattr(path[-1], "key", None) == "kernel"
+      keys = [getattr(k, "key", None) for k in path]
+      is_kernel = keys[-1] == "kernel"
+      if keep_classifier and "classifier" in keys:
+        return leaf  # A bfloat16 copy would round the float32 classifier.
       return leaf.astype(dtype) if is_kernel else leaf
 
     return jax.jit(lambda v: jax.tree_util.tree_map_with_path(cast, v),
@@ -258,11 +306,20 @@ class GenerationTrainer:
 
   # -- training --------------------------------------------------------------
 
+  def _batch_indices(self, state, perm):
+    """This step's batch: (batch,) global indices into the train split.
+
+    `perm` is replicated and indexes the global train array (on several
+    hosts, the concatenation of their blocks; see parallel.py), so an
+    example's index is the same whichever host holds its row.
+    """
+    step_in_epoch = state.step % self.steps_per_epoch
+    return jax.lax.dynamic_slice(perm, (step_in_epoch * self.batch_size,),
+                                 (self.batch_size,))
+
   def _batch_from_device(self, state, data_images, data_labels, perm, rng):
     """Indices of this step's batch -> augmented, normalised images."""
-    step_in_epoch = state.step % self.steps_per_epoch
-    idx = jax.lax.dynamic_slice(perm, (step_in_epoch * self.batch_size,),
-                                (self.batch_size,))
+    idx = self._batch_indices(state, perm)
     # The gather from the replicated dataset on one host; from the host
     # that holds each row on several.
     images, labels = parallel.take_batch((data_images, data_labels), idx,
@@ -289,7 +346,9 @@ class GenerationTrainer:
       teacher_logits = self.teacher.apply(teacher_vars, images, train=False)
     return student_update(state, self.tx, self.student, images, labels,
                           teacher_logits, rng, self.config.distill,
-                          teacher_intermediates)
+                          teacher_intermediates,
+                          example_ids=self._batch_indices(state, perm),
+                          example_rng=dkpp_example_rng(base_rng))
 
   def train_steps(self, num_steps: int):
     """A compiled function running `num_steps` steps in one call.

@@ -24,8 +24,8 @@ from ban_jax import feature_losses
 from ban_jax import losses
 from ban_jax import models
 from ban_jax.data import DATA_SOURCES
-from ban_jax.data import DATASET_SHAPES
 from ban_jax.data import DATASET_NAMES
+from ban_jax.data import DATASET_SHAPES
 from ban_jax.errors import ConfigError
 from ban_jax.models import common
 from ban_jax.reporting import paper_results
@@ -44,6 +44,7 @@ KNOWN_FIELDS = (
     "student_dropout_rate", "share_stem_classifier",
     "distill.loss", "distill.temperature", "distill.label_weight",
     "distill.teacher_weight", "distill.dkpp_keep_argmax",
+    "distill.dkpp_permutation",
     "distill.attention_weight", "distill.fsp_weight",
     "optim.learning_rate", "optim.momentum", "optim.nesterov",
     "optim.weight_decay", "optim.lr_decay_epochs", "optim.lr_decay_factor",
@@ -182,9 +183,12 @@ def _paper_row(config) -> None:
     row = paper_results.get(key)
   except KeyError as e:
     raise ConfigError(f"config.paper_row: {e.args[0]}") from None
+  capped = paper_results.is_capped(config)
   for mismatch in paper_results.mismatches(row, config):
-    logging.warning("config.paper_row=%s: this run's %s; the report puts "
-                    "the paper's numbers beside it anyway.", key, mismatch)
+    logging.warning("config.paper_row=%s: this run's %s; %s", key, mismatch,
+                    "a run on a subset of the data gets no paper numbers."
+                    if capped else "the report lists it under the paper's "
+                    "numbers.")
 
 
 def _trace(name: str, field: str, config, image_shape, num_classes: int,
@@ -289,6 +293,9 @@ def validate(config) -> None:
     _model(config.student_model, "student_model")
   _choice("distillation loss (config.distill.loss)", config.distill.loss,
           losses.DISTILL_LOSSES)
+  _choice("DKPP permutation (config.distill.dkpp_permutation)",
+          config.distill.get("dkpp_permutation", "example"),
+          losses.DKPP_PERMUTATIONS)
   _paper_row(config)
   _positive("optim.learning_rate", config.optim.learning_rate)
   _positive("optim.lr_decay_factor", config.optim.lr_decay_factor)

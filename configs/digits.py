@@ -65,6 +65,9 @@ def get_config(argument: str | None = None) -> ml_collections.ConfigDict:
   config.distill.teacher_weight = 1.0
   # DKPP: keep the max at the teacher's argmax instead of the true label.
   config.distill.dkpp_keep_argmax = False
+  # DKPP: example (one permutation per train example for the generation) or
+  # step (a new one at every step: on average, only label smoothing).
+  config.distill.dkpp_permutation = "example"
   # Feature-level baselines added to the loss: attention transfer and FSP.
   config.distill.attention_weight = 0.0
   config.distill.fsp_weight = 0.0

@@ -255,8 +255,10 @@ def test_main_rows_table_and_exit_status(monkeypatch, tmp_path, capsys):
     """Fixed numbers; batch 32 fails to build, the +aug mode to run."""
 
     def __init__(self, base, model, batch, dtype, steps_per_call, data,
-                 mesh, xla_options, profile_dir, profile_steps):
+                 mesh, xla_options, profile_dir, profile_steps,
+                 float32_classifier):
       del base, mesh
+      assert float32_classifier
       made.append((model, batch, dtype, steps_per_call, data.num_classes,
                    data.train_images.shape, data.test_images.shape[0],
                    xla_options, profile_dir, profile_steps))
@@ -310,7 +312,8 @@ def test_main_rows_table_and_exit_status(monkeypatch, tmp_path, capsys):
     return {"impl": "ban_jax", "model": "wrn10_1", "batch": batch,
             "dtype": "fp32", "devices": 2,
             "device_kind": jax.devices()[0].device_kind,
-            "steps_per_call": 10, "image_size": 8, "mode": mode, **measured}
+            "steps_per_call": 10, "image_size": 8, "classifier": "fp32",
+            "mode": mode, **measured}
 
   assert rows == [
       row(16, "fp32", img_per_s=1234.6, steps=12, seconds=0.156,
@@ -331,3 +334,39 @@ def test_main_rows_table_and_exit_status(monkeypatch, tmp_path, capsys):
       "| ban_jax | wrn10_1 | fp32+aug | 32 | error: ValueError: too big |",
       "| ban_jax | wrn10_1 | epoch | 32 | error: ValueError: too big |",
       "| torch | wrn10_1 | fp32 | 16 | 500.0 | - | - |"]
+
+
+def test_bf16_classifier_adds_the_same_modes_with_the_low_classifier(
+    monkeypatch, capsys):
+  made = []
+
+  class FakeKDBench:
+
+    def __init__(self, base, model, batch, dtype, steps_per_call, data,
+                 mesh, xla_options, profile_dir, profile_steps,
+                 float32_classifier):
+      del base, batch, steps_per_call, data, mesh, xla_options
+      del profile_dir, profile_steps
+      made.append((model, dtype, float32_classifier))
+
+    def steps(self, augment, steps, warmup, steps_per_call):
+      del augment, steps, warmup, steps_per_call
+      return {"img_per_s": 100.0}
+
+  monkeypatch.setattr(bench, "KDBench", FakeKDBench)
+  bench.main(["--models=wrn10_1,densenet16_4", "--batch_sizes=16",
+              "--modes=step", "--dtype=bfloat16", "--bf16_classifier",
+              "--image_size=8", "--num_examples=48", "--num_classes=10",
+              "--devices=2", "--steps_per_call=1"])
+  # DenseNet has no bfloat16 classifier: its comparison row is left out.
+  assert made == [("wrn10_1", "bfloat16", True),
+                  ("wrn10_1", "bfloat16", False),
+                  ("densenet16_4", "bfloat16", True)]
+  captured = capsys.readouterr()
+  rows = [json.loads(line) for line in captured.out.splitlines()
+          if line.startswith("{")]
+  assert [(r["model"], r["mode"], r["classifier"]) for r in rows] == [
+      ("wrn10_1", "bf16", "fp32"),
+      ("wrn10_1", "bf16, bf16 classifier", "bf16"),
+      ("densenet16_4", "bf16", "fp32")]
+  assert "densenet16_4 has no bfloat16-classifier option" in captured.err

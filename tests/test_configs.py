@@ -31,6 +31,7 @@ _PAPER = {
     "share_stem_classifier": False,
     "distill": {"loss": "kd", "temperature": 1.0, "label_weight": 1.0,
                 "teacher_weight": 1.0, "dkpp_keep_argmax": False,
+                "dkpp_permutation": "example",
                 "attention_weight": 0.0, "fsp_weight": 0.0},
     "optim": {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
               "weight_decay": 5e-4, "lr_decay_epochs": (60, 120, 160),

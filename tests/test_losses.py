@@ -253,6 +253,112 @@ def test_dkpp_loss_hand_value_with_exchangeable_dark_knowledge():
   np.testing.assert_allclose(value, expected, rtol=1e-6)
 
 
+# ------------------------------------------------ DKPP, one per example
+
+
+def _slot_positions(probs_row, target_row, anchor):
+  """Where each non-anchor slot's value went: slot j holds the j-th of the
+  probabilities other than the max, in class order (dkpp_targets's slots)."""
+  others = np.delete(probs_row, np.argmax(probs_row))
+  return tuple(int(np.flatnonzero(np.isclose(target_row, v, rtol=1e-6))[0])
+               for v in others)
+
+
+@pytest.mark.parametrize("keep_argmax", [False, True])
+def test_dkpp_example_gets_its_permutation_wherever_it_sits(keep_argmax):
+  # A table of 100 examples; two batches share examples 3, 17 and 42 at
+  # other positions, next to other examples.
+  teacher = random_logits(20, (100, 10))
+  labels = np.random.default_rng(21).integers(0, 10, 100).astype(np.int32)
+  fn = _dkpp(keep_argmax)
+  key = jax.random.key(5)
+
+  def targets(ids):
+    ids = np.asarray(ids, np.int32)
+    return np.asarray(fn(key, teacher[ids], labels[ids], example_ids=ids))
+
+  first, second = targets([3, 17, 42, 8]), targets([42, 99, 3, 5, 17, 61])
+  for i, j in ((0, 2), (1, 4), (2, 0)):
+    np.testing.assert_array_equal(first[i], second[j])
+  # A batch of one: nothing about the other rows matters.
+  np.testing.assert_array_equal(targets([17])[0], first[1])
+  # Still a permutation with the max at the anchor.
+  probs = np_softmax(teacher[[3, 17, 42, 8]])
+  np.testing.assert_allclose(np.sort(first, -1), np.sort(probs, -1),
+                             rtol=1e-5, atol=1e-7)
+  # Another generation's key: other permutations.
+  other = np.asarray(fn(jax.random.key(6), teacher[:32], labels[:32],
+                        example_ids=np.arange(32, dtype=np.int32)))
+  mine = targets(np.arange(32))
+  assert np.mean(np.any(other != mine, axis=-1)) > 0.9
+
+
+def test_dkpp_example_keeps_its_permutation_across_augmented_views():
+  # Two views of example 7 give the teacher different probabilities (same
+  # argmax and label); the slots land on the same classes in both.
+  views = random_logits(22, (2, 8))
+  views[:, 2] += 10.0  # Class 2 is the max in both views; label 2.
+  ids = np.array([7, 7], np.int32)
+  labels = np.array([2, 2], np.int32)
+  targets = np.asarray(_dkpp()(jax.random.key(8), views, labels,
+                               example_ids=ids))
+  probs = np_softmax(views)
+  assert not np.allclose(targets[0], targets[1])
+  positions = [_slot_positions(probs[v], targets[v], 2) for v in (0, 1)]
+  assert positions[0] == positions[1]
+  # Not the identity: the slots really are shuffled.
+  assert positions[0] != (0, 1, 3, 4, 5, 6, 7)
+
+
+def test_dkpp_example_permutations_are_uniform_and_independent_across_ids():
+  # 6000 ids, p = softmax([3, 2, 1, 0]), label 0: each id's permutation of
+  # the other three values is one of 3! = 6, each expected 1000 times.
+  # Chi-square statistics with fixed keys (deterministic, so no flakes)
+  # against bounds at about the 1e-4 tail of the chi-square law.
+  b, n = 6000, 4
+  teacher = np.tile(np.array([[3.0, 2.0, 1.0, 0.0]], np.float32), (b, 1))
+  labels = np.zeros((b,), np.int32)
+  ids = np.arange(b, dtype=np.int32)
+  targets = np.asarray(_dkpp()(jax.random.key(9), teacher, labels,
+                               example_ids=ids))
+  probs = np_softmax(teacher[0])
+  positions = np.stack([np.argmax(np.isclose(targets, probs[k], rtol=1e-5),
+                                  axis=-1) for k in (1, 2, 3)], -1)
+  assert (positions[:, 0] != positions[:, 1]).all()
+  # Each value's class position: uniform over 1..3 (2 dof; 1e-4: 18.4).
+  for k in range(3):
+    counts = np.bincount(positions[:, k], minlength=n)[1:]
+    assert np.sum((counts - b / 3) ** 2 / (b / 3)) < 20, counts
+  # The whole permutation: uniform over the 6 (5 dof; 1e-4: 25.7).
+  code = 9 * (positions[:, 0] - 1) + 3 * (positions[:, 1] - 1) + (
+      positions[:, 2] - 1)
+  counts = np.unique(code, return_counts=True)[1]
+  assert len(counts) == 6
+  assert np.sum((counts - b / 6) ** 2 / (b / 6)) < 27, counts
+  # Neighbouring ids are independent: the 36 joint permutations of ids k
+  # and k + 1 are uniform too (35 dof; 1e-4: 73.4).
+  index = np.searchsorted(np.unique(code), code)
+  joint = np.bincount(6 * index[:-1] + index[1:], minlength=36)
+  expected = (b - 1) / 36
+  assert np.sum((joint - expected) ** 2 / expected) < 75, joint
+
+
+def test_distillation_loss_passes_the_example_ids_to_dkpp():
+  teacher = random_logits(23, (4, 6))
+  labels = np.array([0, 5, 2, 2], np.int32)
+  ids = np.array([11, 3, 7, 0], np.int32)
+  key = jax.random.key(10)
+  student = random_logits(24, (4, 6))
+  value = jax.jit(functools.partial(losses.distillation_loss, "dkpp"))(
+      student, teacher, labels, key, example_ids=ids)
+  expected = losses.soft_cross_entropy(
+      student, _dkpp()(key, teacher, labels, example_ids=ids))
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
+  per_step = losses.distillation_loss("dkpp", student, teacher, labels, key)
+  assert float(per_step) != pytest.approx(float(value), rel=1e-6)
+  assert losses.DKPP_PERMUTATIONS == ("example", "step")
+
+
 # ----------------------------------------------------------- Eq. 7 split
 
 
@@ -299,6 +405,91 @@ def test_dark_knowledge_share_hand_values():
   grad = jax.jit(jax.grad(losses.dark_knowledge_share))(uniform, uniform,
                                                         label)
   assert np.all(np.isfinite(grad))
+
+
+# Two samples at T = 2, logits 2 log(...) so that the softmaxes at T are
+# rational: q_T rows [1/4, 1/4, 1/2] and [1/3, 1/3, 1/3]; p_T rows
+# [1/4, 1/2, 1/4] and [1/6, 2/6, 3/6]; labels 1 and 1.
+STUDENT_T2 = 2 * np.log(np.array([[1, 1, 2], [1, 1, 1]], np.float32))
+TEACHER_T2 = 2 * np.log(np.array([[1, 2, 1], [1, 2, 3]], np.float32))
+LABELS_T2 = np.array([1, 1], np.int32)
+
+
+def test_dark_knowledge_split_at_temperature_two_hand_values():
+  # T (q_T - p_T) / b = (q_T - p_T): rows [0, -1/4, 1/4] and
+  # [1/6, 0, -1/6].
+  true_part, dark_part = jax.jit(functools.partial(
+      losses.dark_knowledge_split, temperature=2.0))(STUDENT_T2, TEACHER_T2,
+                                                     LABELS_T2)
+  np.testing.assert_allclose(true_part, [[0, -1 / 4, 0], [0, 0, 0]],
+                             atol=1e-6)
+  np.testing.assert_allclose(dark_part, [[0, 0, 1 / 4], [1 / 6, 0, -1 / 6]],
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("teacher_weight", [1.0, 3.0])
+def test_kd_loss_split_at_temperature_two(teacher_weight):
+  split = jax.jit(functools.partial(
+      losses.loss_gradient_split, "kd", temperature=2.0,
+      teacher_weight=teacher_weight))
+  rest, dark = split(STUDENT_T2, TEACHER_T2, LABELS_T2)
+  np.testing.assert_allclose(
+      rest, teacher_weight * np.array([[0, -1 / 4, 0], [0, 0, 0]]),
+      atol=1e-6)
+  np.testing.assert_allclose(
+      dark, teacher_weight * np.array([[0, 0, 1 / 4], [1 / 6, 0, -1 / 6]]),
+      atol=1e-6)
+  # The parts sum to the gradient of the loss that trains the student.
+  grad = jax.grad(lambda z: losses.distillation_loss(
+      "kd", z, TEACHER_T2, LABELS_T2, None, temperature=2.0,
+      teacher_weight=teacher_weight))(STUDENT_T2)
+  np.testing.assert_allclose(rest + dark, grad, atol=1e-6)
+  # ||dark||^2 = 1/16 + 2/36 = 17/144, ||true||^2 = 1/16 = 9/144.
+  share = losses.loss_dark_knowledge_share(
+      "kd", STUDENT_T2, TEACHER_T2, LABELS_T2, temperature=2.0,
+      teacher_weight=teacher_weight)
+  np.testing.assert_allclose(share, 17 / 26, rtol=1e-5)
+  # The T = 1 share of the same logits measures something else: rows
+  # (q - p)/2 = [0, -1/4, 1/4] and [11, 2, -13]/84, share 731/1176.
+  t1 = losses.dark_knowledge_share(STUDENT_T2, TEACHER_T2, LABELS_T2)
+  np.testing.assert_allclose(t1, 731 / 1176, rtol=1e-5)
+
+
+def test_kd_plus_label_split_hand_values():
+  # STUDENT / TEACHER, label weight 1, teacher weight 2, T = 1, b = 2.
+  # Label CE gradient (q - y)/2: [-1/3, 1/6, 1/6] and [1/16, 1/8, -3/16].
+  # KD gradient (q - p)/2: [1/24, 1/24, -1/12] and [-3/16, 0, 3/16]; its
+  # true-label entries are 1/24 (label 0) and 3/16 (label 2).
+  rest, dark = jax.jit(functools.partial(
+      losses.loss_gradient_split, "kd+label", teacher_weight=2.0))(
+          STUDENT, TEACHER, LABELS)
+  np.testing.assert_allclose(
+      dark, [[0, 1 / 12, -1 / 6], [-3 / 8, 0, 0]], atol=1e-6)
+  np.testing.assert_allclose(
+      rest, [[-1 / 3 + 1 / 12, 1 / 6, 1 / 6], [1 / 16, 1 / 8, -3 / 16 + 3 / 8]],
+      atol=1e-6)
+  grad = jax.grad(lambda z: losses.distillation_loss(
+      "kd+label", z, TEACHER, LABELS, None, teacher_weight=2.0))(STUDENT)
+  np.testing.assert_allclose(rest + dark, grad, atol=1e-6)
+  # ||dark||^2 = 101/576 = 404/2304, ||rest||^2 = 398/2304.
+  share = losses.loss_dark_knowledge_share(
+      "kd+label", STUDENT, TEACHER, LABELS, teacher_weight=2.0)
+  np.testing.assert_allclose(share, 202 / 401, rtol=1e-5)
+  # Without the teacher term nothing is dark; without the label term it is
+  # kd's split.
+  assert float(losses.loss_dark_knowledge_share(
+      "kd+label", STUDENT, TEACHER, LABELS, teacher_weight=0.0)) == 0.0
+  np.testing.assert_allclose(
+      losses.loss_dark_knowledge_share("kd+label", STUDENT, TEACHER, LABELS,
+                                       label_weight=0.0),
+      losses.dark_knowledge_share(STUDENT, TEACHER, LABELS), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ce", "cwtm", "dkpp"])
+def test_losses_without_dark_knowledge_have_no_split(name):
+  assert losses.DARK_KNOWLEDGE_LOSSES == ("kd", "kd+label")
+  with pytest.raises(ValueError, match="no Eq. 7 dark-knowledge term"):
+    losses.loss_gradient_split(name, STUDENT, TEACHER, LABELS)
 
 
 # ---------------------------------------------------------------- metrics

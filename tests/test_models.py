@@ -376,13 +376,62 @@ def test_bfloat16_compute_with_float32_state(family):
       state["batch_stats"])} == {jnp.dtype(jnp.float32)}
   assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(
       state["intermediates"])} == {jnp.dtype(jnp.bfloat16)}
-  # Every conv and the classifier compute in bfloat16.
+  # Every conv computes in bfloat16; the classifier, the only dot_general,
+  # in float32 (operands and result).
   jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x))(variables, x)
-  matmuls = [e for e in _all_eqns(jaxpr.jaxpr)
-             if e.primitive.name in ("conv_general_dilated", "dot_general")]
-  assert {e.primitive.name for e in matmuls} == {"conv_general_dilated",
-                                                "dot_general"}
-  assert all(v.aval.dtype == jnp.bfloat16 for e in matmuls for v in e.invars)
+  eqns = list(_all_eqns(jaxpr.jaxpr))
+  convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+  dots = [e for e in eqns if e.primitive.name == "dot_general"]
+  assert convs and len(dots) == 1
+  assert all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
+  assert [v.aval.dtype for v in dots[0].invars + dots[0].outvars] == [
+      jnp.float32] * 3
+
+
+def _classifier_inputs(module, variables, x):
+  """(logits, the classifier's input), recorded by a method interceptor."""
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if context.module.name == "classifier" and context.method_name == (
+        "__call__"):
+      seen.append(args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    logits = module.apply(variables, x)
+  assert len(seen) == 1
+  return logits, seen[0]
+
+
+@pytest.mark.parametrize("name", ["wrn10_1", "resnet20"])
+def test_bfloat16_model_has_a_float32_classifier(name):
+  x = _images(SMALL, batch=8)
+  module = models.get_model(name, num_classes=5, dtype="bfloat16")
+  variables = _fill(jax.eval_shape(module.init, _key(0), x), seed=3)
+  variables["params"]["classifier"]["bias"] = jnp.linspace(
+      -1.0, 1.0, 5, dtype=jnp.float32)
+  logits, pooled = _classifier_inputs(module, variables, x)
+  chex.assert_type(pooled, jnp.float32)
+  chex.assert_type(logits, jnp.float32)
+  kernel = variables["params"]["classifier"]["kernel"]
+  bias = variables["params"]["classifier"]["bias"]
+  reference = np.asarray(pooled, np.float64) @ np.asarray(
+      kernel, np.float64) + np.asarray(bias, np.float64)
+  np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-6)
+  # The pooled features are the mean of the last features, in float32.
+  _, sown = module.apply(variables, x, mutable=["intermediates"])
+  if name.startswith("resnet"):  # Post-activation: stage output = features.
+    features = np.asarray(sown["intermediates"]["stage2_out"][0], np.float64)
+    np.testing.assert_allclose(pooled, features.mean(axis=(1, 2)),
+                               rtol=1e-5, atol=1e-6)
+  # The bfloat16 classifier, kept for comparison, rounds what the float32
+  # one does not.
+  low, low_pooled = _classifier_inputs(
+      module.clone(float32_classifier=False), variables, x)
+  chex.assert_type(low_pooled, jnp.bfloat16)
+  chex.assert_type(low, jnp.float32)
+  assert np.max(np.abs(np.asarray(low) - reference)) > 1e-4
 
 
 def _all_eqns(jaxpr):

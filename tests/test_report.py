@@ -17,6 +17,7 @@ from ban_jax import pipeline
 from ban_jax.reporting import paper_results
 from ban_jax.reporting import report
 from ban_jax.runtime import metrics_writer
+from configs import cifar100
 from configs import digits
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -224,8 +225,8 @@ def test_paper_rows_use_our_names():
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
 def test_every_command_in_the_config_docstrings_names_its_paper_row(dataset):
-  # Each documented command builds a config whose paper row holds the
-  # numbers printed beside it (a row's note has the ones it does not
+  # Each documented command (one per paper row) builds a config whose
+  # paper row holds the numbers printed beside it (a row's note has the ones it does not
   # report as a column: the separate BAN run, Table 5's label baseline).
   module = importlib.import_module(f"configs.{dataset}")
   commands = re.findall(
@@ -235,6 +236,8 @@ def test_every_command_in_the_config_docstrings_names_its_paper_row(dataset):
   for argument, first, second in commands:
     config = module.get_config(argument)
     row = paper_results.get(config.paper_row)
+    # The command is the paper's recipe: results.md lists no difference.
+    assert paper_results.mismatches(row, config) == [], argument
     if not second:  # [BAN-1]
       assert row.test_error["BAN-1"] == float(first), (argument, row)
       continue
@@ -289,7 +292,6 @@ def test_paper_row_notes_and_settings():
 
 
 def test_find_and_mismatches_treat_a_student_like_the_teacher_as_none():
-  from configs import cifar100  # pylint: disable=g-import-not-at-top
   assert paper_results.find("cifar100", "wrn28_10", "wrn28_10", "kd") == (
       "table3/wrn28_10/ban")
   config = cifar100.get_config("model=wrn28_10")
@@ -305,7 +307,165 @@ def test_find_and_mismatches_treat_a_student_like_the_teacher_as_none():
           "dataset is 'digits', the paper's is 'cifar100'",
           "model is 'wrn10_2', the paper's is 'densenet90_60'",
           "student is '', the paper's is 'densewrn1_1'",
-          "share_stem_classifier is False, the paper's is True"]
+          "share_stem_classifier is False, the paper's is True",
+          "num_epochs is 15, the paper's is 200",
+          "batch_size is 64, the paper's is 128",
+          "optim.learning_rate is 0.05, the paper's is 0.1",
+          "optim.lr_decay_epochs is (8, 12), the paper's is (60, 120, 160)",
+          "data.augment is False, the paper's is True"]
+
+
+def test_mismatches_list_every_recipe_field_the_run_changes():
+  config = cifar100.get_config("model=wrn28_10")
+  row = paper_results.get(config.paper_row)
+  changes = {
+      "num_epochs": 100, "batch_size": 256, "optim.learning_rate": 0.2,
+      "optim.momentum": 0.8, "optim.nesterov": False,
+      "optim.weight_decay": 1e-4, "optim.lr_decay_epochs": (100, 150),
+      "optim.lr_decay_factor": 0.1, "model.dropout_rate": 0.0,
+      "student_dropout_rate": 0.5, "data.crop_padding": 2,
+      "distill.temperature": 4.0, "distill.teacher_weight": 2.0,
+      "distill.attention_weight": 1e3, "distill.fsp_weight": 1.0,
+      "model.dtype": "float16",
+  }
+  for path, value in changes.items():
+    node = config
+    *parents, name = path.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  assert paper_results.mismatches(row, config) == [
+      "num_epochs is 100, the paper's is 200",
+      "batch_size is 256, the paper's is 128",
+      "optim.learning_rate is 0.2, the paper's is 0.1",
+      "optim.momentum is 0.8, the paper's is 0.9",
+      "optim.nesterov is False, the paper's is True",
+      "optim.weight_decay is 0.0001, the paper's is 0.0005",
+      "optim.lr_decay_epochs is (100, 150), the paper's is (60, 120, 160)",
+      "optim.lr_decay_factor is 0.1, the paper's is 0.2",
+      "distill.attention_weight is 1000.0, the paper's is 0.0",
+      "distill.fsp_weight is 1.0, the paper's is 0.0",
+      "model.dropout_rate is 0.0, the paper's is 0.3",
+      "student_dropout_rate is 0.5, the paper's is 0.3",
+      "data.crop_padding is 2, the paper's is 4",
+      "distill.temperature is 4.0, the paper's is 1.0",
+      "distill.teacher_weight is 2.0, the paper's is 1.0",
+      "model.dtype is 'float16', the paper's is float32"]
+  # Without augmentation the crop's padding is never read.
+  config.data.augment = False
+  text = paper_results.mismatches(row, config)
+  assert "data.augment is False, the paper's is True" in text
+  assert not [m for m in text if "crop_padding" in m]
+  # bfloat16 is mixed precision with float32 state, classifier and losses:
+  # not listed (see mismatches' docstring).
+  config = cifar100.get_config("model=wrn28_10")
+  config.model.dtype = "bfloat16"
+  assert paper_results.mismatches(row, config) == []
+  # The students' dropout follows the teacher's when not set.
+  config.model.dropout_rate = 0.1
+  config.student_dropout_rate = -1.0
+  assert paper_results.mismatches(row, config) == [
+      "model.dropout_rate is 0.1, the paper's is 0.3",
+      "student_dropout_rate is 0.1, the paper's is 0.3"]
+
+
+def test_mismatches_compare_the_weights_and_options_each_loss_reads():
+  # Label weight: kd+label only; temperature and teacher weight: kd and
+  # kd+label; the DKPP options: dkpp only; CWTM reads none of them.
+  odd = {"temperature": 2.0, "label_weight": 0.5, "teacher_weight": 3.0,
+         "dkpp_keep_argmax": True, "dkpp_permutation": "step"}
+  expected = {
+      "kd+label": ["distill.temperature is 2.0, the paper's is 1.0",
+                   "distill.teacher_weight is 3.0, the paper's is 1.0",
+                   "distill.label_weight is 0.5, the paper's is 1.0"],
+      "cwtm": [],
+      "dkpp": ["distill.dkpp_keep_argmax is True, the paper's is False",
+               "distill.dkpp_permutation is 'step', the paper's is "
+               "'example'"],
+  }
+  for loss, want in expected.items():
+    config = cifar100.get_config(f"model=densenet90_60,loss={loss}")
+    config.distill.update(odd)
+    row = paper_results.get(config.paper_row)
+    assert paper_results.mismatches(row, config) == want, loss
+
+
+def test_a_run_short_of_the_papers_columns_says_which():
+  config = cifar100.get_config("model=densenet90_60,generations=1")
+  row = paper_results.get(config.paper_row)
+  assert list(row.test_error) == ["Teacher", "BAN-1", "BAN-2", "BAN-3",
+                                  "Ens*2", "Ens*3"]
+  assert paper_results.mismatches(row, config) == [
+      "num_generations is 1: the paper's BAN-2, BAN-3, Ens*2, Ens*3 have no "
+      "counterpart in this run"]
+  config.num_generations = 3
+  config.ensemble_sizes = (3,)
+  assert paper_results.mismatches(row, config) == [
+      "num_generations is 3 and ensemble_sizes (3,): the paper's Ens*2 has "
+      "no counterpart in this run"]
+  # More generations than the paper shows: nothing is missing.
+  config.num_generations, config.ensemble_sizes = 5, ()
+  assert paper_results.mismatches(row, config) == []
+
+
+def test_a_run_on_a_subset_gets_no_paper_numbers_but_its_differences():
+  config = cifar100.get_config("model=densenet90_60")
+  assert pipeline.paper_entry(config)["row"] == "table2/densenet90_60/ban"
+  for field in ("max_train_examples", "max_test_examples"):
+    capped = config.copy_and_resolve_references()
+    capped.data[field] = 1000
+    assert paper_results.is_capped(capped)
+    assert pipeline.paper_entry(capped) is None
+    assert paper_results.mismatches(
+        paper_results.get(capped.paper_row), capped) == [
+            f"data.{field} is 1000, the paper's is 0 (the whole split)"]
+  # The smoke run, named with a paper row: every difference is listed.
+  smoke = cifar100.get_config("model=densenet90_60,smoke")
+  smoke.paper_row = "table2/densenet90_60/ban"
+  assert pipeline.paper_entry(smoke) is None
+  assert paper_results.mismatches(paper_results.get(smoke.paper_row),
+                                  smoke) == [
+      "num_epochs is 1, the paper's is 200",
+      "batch_size is 32, the paper's is 128",
+      "optim.lr_decay_epochs is (), the paper's is (60, 120, 160)",
+      "data.max_train_examples is 256, the paper's is 0 (the whole split)",
+      "data.max_test_examples is 128, the paper's is 0 (the whole split)",
+      "num_generations is 2: the paper's BAN-3, Ens*3 have no counterpart "
+      "in this run"]
+
+
+def test_results_md_lists_each_difference_under_the_papers_numbers():
+  config = cifar100.get_config("model=densenet90_60,loss=cwtm")
+  config.num_epochs = 100
+  config.optim.nesterov = False
+  results = _results([_chain(0, [18.0, 17.0], [])])
+  results["paper"] = pipeline.paper_entry(config)
+  text = report.markdown(results)
+  assert ("Paper: Table 2, cifar100, densenet90_60, cwtm.\n\n"
+          "This run differs from the paper's setting and recipe:\n\n"
+          "- num_epochs is 100, the paper's is 200\n"
+          "- optim.nesterov is False, the paper's is True\n") in text
+
+
+def test_dkpp_choices_are_named_in_results_and_the_table():
+  config = cifar100.get_config("model=densenet90_60,loss=dkpp")
+  assert pipeline.dkpp_choices(config) == {
+      "dkpp": {"anchor": "label", "permutation": "example"}}
+  config.distill.dkpp_keep_argmax = True
+  config.distill.dkpp_permutation = "step"
+  choices = pipeline.dkpp_choices(config)
+  assert choices == {"dkpp": {"anchor": "argmax", "permutation": "step"}}
+  assert pipeline.dkpp_choices(cifar100.get_config("model=densenet90_60")) == {}
+
+  results = _results([_chain(0, [18.0, 17.0], [])])
+  assert report.loss_label(results) == "kd"
+  results.update(loss="dkpp", dkpp={"anchor": "label",
+                                    "permutation": "example"})
+  assert ("| wrn10_1 (cifar100, dkpp: max at the label, one permutation per "
+          "example) | 18.00 | 17.00 |") in report.markdown_table(results)
+  results.update(choices)
+  assert report.loss_label(results) == (
+      "dkpp: max at the teacher's argmax, new permutations every step")
 
 
 # ------------------------------------------------------------ tensorboard
@@ -321,14 +481,16 @@ def _scalars(logdir):
 def test_epoch_records_become_tagged_scalars(tmp_path):
   record = {"epoch": 2, "step": 42, "learning_rate": 0.01,
             "train_loss": 0.5, "train_accuracy": 90.0,
-            "train_dark_knowledge_share": 0.25, "images_per_second": 1e3,
+            "train_kd_t1_dark_knowledge_share": 0.25,
+            "train_loss_dark_knowledge_share": 0.5, "images_per_second": 1e3,
             "test_loss": 0.25, "test_accuracy": 95.0,
             "teacher_agreement": 97.0, "teacher_student_kl": 0.125,
             "seconds_left": 3.0, "train_examples": 640}
   assert metrics_writer.epoch_scalars(record) == {
       "learning_rate": 0.01, "train/loss": 0.5, "train/accuracy": 90.0,
       "train/examples": 640,
-      "train/dark_knowledge_share": 0.25, "images_per_second": 1e3,
+      "train/kd_t1_dark_knowledge_share": 0.25,
+      "train/loss_dark_knowledge_share": 0.5, "images_per_second": 1e3,
       "test/loss": 0.25, "test/accuracy": 95.0,
       "test/teacher_agreement": 97.0, "test/teacher_student_kl": 0.125}
 
@@ -378,7 +540,8 @@ def two_seeds(tmp_path_factory):
   config.model.name = "wrn10_1"
   config.num_generations = 2
   config.num_epochs = 1
-  config.data.max_train_examples = 320  # 5 steps an epoch.
+  # The whole split (21 steps an epoch): a run on a subset gets no paper
+  # numbers, and this one is to show them.
   config.seeds = (0, 1)
   config.paper_row = "table2/densenet90_60/ban"
   workdir = tmp_path_factory.mktemp("two_seeds")
@@ -411,6 +574,10 @@ def test_results_of_every_seed(two_seeds):
   assert (f"| {teacher['test_error_mean']:.2f} ± "
           f"{teacher['test_error_std']:.2f} |") in text
   assert "| Paper, Table 2 (`table2/densenet90_60/ban`) | 17.69 |" in text
+  # Every difference from the paper's recipe, one per line.
+  assert "\n- num_epochs is 1, the paper's is 200\n" in text
+  assert ("\n- num_generations is 2: the paper's BAN-3, Ens*3 have no "
+          "counterpart in this run\n") in text
   assert (workdir / "results.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
@@ -424,8 +591,10 @@ def test_tensorboard_scalars_of_every_generation(two_seeds):
       expected = {"train/loss", "train/accuracy", "test/loss",
                   "test/accuracy", "learning_rate", "images_per_second"}
       if gen["generation"] > 0:
-        expected |= {"train/dark_knowledge_share", "test/teacher_agreement",
-                     "test/teacher_student_kl"}
+        # kd: both dark-knowledge shares.
+        expected |= {"train/kd_t1_dark_knowledge_share",
+                     "train/loss_dark_knowledge_share",
+                     "test/teacher_agreement", "test/teacher_student_kl"}
       assert set(scalars) == expected
       record = gen["history"][-1]
       assert scalars["test/accuracy"] == [

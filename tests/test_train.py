@@ -70,7 +70,10 @@ def _student_forward(setup, rng):
 @pytest.mark.parametrize("name", losses.DISTILL_LOSSES)
 def test_config_selects_the_loss(setup, name):
   rng = jax.random.key(3)
-  distill = _distill(loss=name, temperature=2.0, label_weight=0.3)
+  # DKPP from the step's key here; one permutation per example is tested
+  # on the compiled step below.
+  distill = _distill(loss=name, temperature=2.0, label_weight=0.3,
+                     dkpp_permutation="step")
   logits, _ = _student_forward(setup, rng)
   _, loss_rng = jax.random.split(rng)
   expected = losses.distillation_loss(
@@ -78,6 +81,14 @@ def test_config_selects_the_loss(setup, name):
       temperature=2.0, label_weight=0.3)
   assert _step_loss(setup, distill, rng) == pytest.approx(float(expected),
                                                           rel=1e-5)
+
+
+def test_dkpp_per_example_needs_the_example_ids(setup):
+  with pytest.raises(ValueError, match="example_ids, example_rng"):
+    train.student_update(
+        setup["state"], setup["tx"], setup["student"], setup["images"],
+        setup["labels"], setup["teacher_logits"], jax.random.key(0),
+        _distill(loss="dkpp"))
 
 
 @pytest.mark.parametrize("weights", [(1.5, 0.0), (0.0, 0.7)])
@@ -149,7 +160,11 @@ def test_cross_architecture_chain(tmp_path):
   # Both learnt (chance is 10%), the student from the teacher.
   assert results["generations"][0]["test_accuracy"] > 50
   assert student["test_metrics"]["teacher_agreement"] > 50
-  assert student["history"][0]["train_dark_knowledge_share"] > 0
+  first = student["history"][0]
+  assert first["train_kd_t1_dark_knowledge_share"] > 0
+  # kd at T = 1 with weight 1: the loss's split is the T = 1 KD split.
+  assert first["train_loss_dark_knowledge_share"] == pytest.approx(
+      first["train_kd_t1_dark_knowledge_share"], rel=1e-6)
   assert "densenet10_4 -> wrn10_1" in (tmp_path / "results.md").read_text()
 
 
@@ -169,19 +184,25 @@ def test_prepare_teacher_casts_kernels_once_without_changing_outputs():
   kernels = 0
   for path, leaf in jax.tree_util.tree_leaves_with_path(prepared):
     original = flat[path]
-    if path[-1].key == "kernel":
+    if path[-1].key == "kernel" and path[1].key != "classifier":
       kernels += 1
       assert leaf.dtype == jnp.bfloat16, path
       np.testing.assert_array_equal(leaf, original.astype(jnp.bfloat16))
-    else:  # Norm parameters and statistics keep float32.
+    else:  # Norms, statistics and the float32 classifier keep float32.
       assert leaf.dtype == jnp.float32, path
       np.testing.assert_array_equal(leaf, original)
-  # The stem, the classifier and 8 block convs (stage 0 has no shortcut).
-  assert kernels == 10
+  # The stem and 8 block convs (stage 0 has no shortcut).
+  assert kernels == 9
 
   images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
   np.testing.assert_array_equal(model.apply(prepared, images),
                                 model.apply(variables, images))
+  # A bfloat16 classifier's kernel is cast like the convolutions'.
+  bf16_classifier = model.clone(float32_classifier=False)
+  prepared = train.GenerationTrainer(
+      config, bf16_classifier, bf16_classifier, data, mesh).prepare_teacher(
+          variables)
+  assert prepared["params"]["classifier"]["kernel"].dtype == jnp.bfloat16
   # A float32 teacher is used as it is.
   config.model.dtype = "float32"
   f32_model = pipeline.build_model("wrn10_1", config, NUM_CLASSES)
@@ -323,3 +344,54 @@ def test_a_step_uses_the_teacher_in_inference_mode_and_a_fresh_key():
     for name, value in parallel.fetch(got).items():
       np.testing.assert_allclose(value, expected[name], rtol=1e-5,
                                  err_msg=f"{name} at step {step}")
+
+
+def test_dkpp_per_example_step_loss_is_the_targets_of_the_batch_indices():
+  # The compiled step's loss against the loss built by hand from
+  # dkpp_targets with the batch's indices into the train split and the
+  # generation's key. At step 3 the batch holds step 0's examples in
+  # reverse order (other augmented views): the same key must serve.
+  config = digits.get_config()
+  config.model.name = "wrn10_1"
+  config.data.augment = True
+  config.distill.loss = "dkpp"
+  config.steps_per_call = 1
+  assert config.distill.dkpp_permutation == "example"  # The default.
+  mesh = parallel.make_mesh()
+  data = train.put_dataset(pipeline.load_dataset(config.data), mesh,
+                           config.eval_batch_size)
+  teacher = pipeline.build_model("wrn10_1", config, data.num_classes)
+  trainer = pipeline._trainer({}, config, "wrn10_1", teacher, False, data,
+                              mesh)
+  teacher_vars = parallel.fetch(trainer.init_state(jax.random.key(7))
+                                .variables)
+  rng = jax.random.key(11)
+  b = config.batch_size
+  block = np.arange(100, 100 + b)
+  # Not a permutation, which does not matter: a step reads only its slice.
+  perm = np.arange(data.num_train)
+  perm[:b], perm[3 * b:4 * b] = block, block[::-1]
+  perm = jnp.asarray(perm, jnp.int32)
+
+  @jax.jit
+  def by_hand(state, step_rng, idx):
+    images, labels, _ = trainer._batch_from_device(
+        state, data.train_images, data.train_labels, perm, step_rng)
+    teacher_logits = teacher.apply(teacher_vars, images, train=False)
+    logits, _ = trainer.student.apply(
+        state.variables, images, train=True, mutable=["batch_stats"])
+    targets = losses.dkpp_targets(train.dkpp_example_rng(rng),
+                                  teacher_logits, labels, example_ids=idx)
+    return losses.soft_cross_entropy(logits, targets)
+
+  for step, idx in ((0, block), (3, block[::-1])):
+    state = trainer.init_state(jax.random.key(3))
+    state = state.replace(step=jnp.asarray(step, jnp.int32))
+    expected = float(parallel.fetch(by_hand(
+        state, jax.random.fold_in(rng, step), jnp.asarray(idx, jnp.int32))))
+    _, got = trainer.train_steps(1)(state, teacher_vars, data.train_images,
+                                    data.train_labels, perm, rng)
+    assert float(parallel.fetch(got["loss"])) == pytest.approx(
+        expected, rel=1e-5), f"step {step}"
+    # DKPP has no Eq. 7 split of its own; the T = 1 share is still there.
+    assert set(got) == {"loss", "accuracy", "kd_t1_dark_knowledge_share"}

@@ -88,6 +88,9 @@ def _set(config, path: str, value):
     ("seeds", (0, 1.5), "Seeds must be non-negative integers, got 1.5"),
     ("model.dtype", "float8", "config.model.dtype: Unknown dtype 'float8': "
      "use 'auto', 'float32', 'bfloat16' or 'float16'."),
+    ("distill.dkpp_permutation", "epoch", "Unknown DKPP permutation "
+     "(config.distill.dkpp_permutation) 'epoch'. Valid choices: example, "
+     "step."),
 ])
 def test_impossible_values(path, value, message):
   assert message in _error(_set(digits.get_config(), path, value))

@@ -9,7 +9,9 @@ DenseNet (resnet.py). `python -m ban_jax.models` lists the examples with
 their parameter and multiply-accumulate counts (cost.py).
 
 Conventions every registered model follows, which the pipeline relies on:
-  * `module.apply(variables, images, train=...)` returns float32 logits;
+  * `module.apply(variables, images, train=...)` returns float32 logits,
+    computed by a float32 classifier (`common.global_pool_logits`; the
+    residual families take `float32_classifier=False` to compare costs);
   * the first convolution is named `stem` and the final linear layer
     `classifier` (the cross-architecture option copies and freezes those);
   * stage inputs/outputs are sown into the 'intermediates' collection.
@@ -81,6 +83,11 @@ register(ModelFamily(
 def _densenet(m: re.Match, num_classes: int, **kwargs) -> nn.Module:
   # Checks the depth now, as `_wrn` does.
   densenet.layers_per_block(int(m[1]))
+  # DenseNet always has the float32 classifier (common.global_pool_logits's
+  # default); it has no field to turn it off (densenet.py is being rewritten).
+  if not kwargs.pop("float32_classifier", True):
+    raise ValueError("DenseNet has no float32_classifier=False option; its "
+                     "classifier always computes in float32.")
   return densenet.DenseNet(depth=int(m[1]), growth=int(m[2]),
                            num_classes=num_classes, **kwargs)
 

@@ -2,7 +2,11 @@
 
 Every model computes in `dtype` (bfloat16 on GPU/TPU, float32 on CPU unless
 asked otherwise) while its parameters and batch-norm statistics stay float32,
-and returns float32 logits so that losses never run in half precision.
+and returns float32 logits so that losses never run in half precision. The
+classifier (global pool and final linear layer) computes in float32 whatever
+`dtype` is: bfloat16 keeps 8 significant bits, so a logit near 10 would be
+off by up to 1/32 and every probability computed from it by up to 3%,
+the teacher's small ones (the dark knowledge) included.
 """
 
 import functools
@@ -51,8 +55,26 @@ def classifier(num_classes: int, dtype: Any) -> nn.Module:
                   name="classifier")
 
 
-def global_pool_logits(x: jax.Array, num_classes: int, dtype: Any) -> jax.Array:
-  """Global average pool + the final linear layer, logits in float32."""
+def global_pool_logits(x: jax.Array, num_classes: int, dtype: Any,
+                       float32_classifier: bool = True) -> jax.Array:
+  """Global average pool + the final linear layer, logits in float32.
+
+  Args:
+    x: (b, h, w, c) final features, in the compute dtype.
+    num_classes: the classifier's outputs.
+    dtype: the model's compute dtype.
+    float32_classifier: pool and multiply in float32 (operands and result),
+      whatever `dtype`; False computes both in `dtype` and casts the logits
+      up afterwards (only to measure what float32 costs: `python -m
+      ban_jax.bench --bf16_classifier`).
+
+  Returns:
+    (b, num_classes) float32 logits.
+  """
+  if float32_classifier:
+    # Cast before pooling, so the mean is not rounded to `dtype` either. The
+    # pool and a (c, num_classes) matmul are a sliver of the network's work.
+    x, dtype = x.astype(jnp.float32), jnp.float32
   x = jnp.mean(x, axis=(1, 2))
   return classifier(num_classes, dtype)(x).astype(jnp.float32)
 

@@ -140,6 +140,8 @@ class ResNet(nn.Module):
   shortcut: str = "pad"
   dropout_rate: float = 0.0
   dtype: Any = "auto"
+  # False: the classifier computes in `dtype` (see common.global_pool_logits).
+  float32_classifier: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -152,7 +154,8 @@ class ResNet(nn.Module):
         lambda features, stride, name: BasicBlock(
             features, stride, self.shortcut, self.dropout_rate, dtype,
             name=name), train)
-    return common.global_pool_logits(x, self.num_classes, dtype)
+    return common.global_pool_logits(x, self.num_classes, dtype,
+                                     self.float32_classifier)
 
 
 class PreActResNet(nn.Module):
@@ -170,6 +173,8 @@ class PreActResNet(nn.Module):
   head_features: int | None = None
   dropout_rate: float = 0.0
   dtype: Any = "auto"
+  # False: the classifier computes in `dtype` (see common.global_pool_logits).
+  float32_classifier: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -186,7 +191,8 @@ class PreActResNet(nn.Module):
       x = nn.relu(common.batch_norm(train, dtype, name="head_norm")(x))
       x = common.conv(self.head_features, 1, dtype, name="head")(x)
     x = nn.relu(common.batch_norm(train, dtype, name="final_norm")(x))
-    return common.global_pool_logits(x, self.num_classes, dtype)
+    return common.global_pool_logits(x, self.num_classes, dtype,
+                                     self.float32_classifier)
 
 
 def cifar_resnet(depth: int, num_classes: int, **kwargs) -> ResNet:

@@ -44,6 +44,8 @@ class WideResNet(nn.Module):
   num_classes: int
   dropout_rate: float = 0.0
   dtype: Any = "auto"
+  # False: the classifier computes in `dtype` (see common.global_pool_logits).
+  float32_classifier: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -58,4 +60,5 @@ class WideResNet(nn.Module):
         lambda features, stride, name: WideBasicBlock(
             features, stride, self.dropout_rate, dtype, name=name), train)
     x = nn.relu(common.batch_norm(train, dtype, name="final_norm")(x))
-    return common.global_pool_logits(x, self.num_classes, dtype)
+    return common.global_pool_logits(x, self.num_classes, dtype,
+                                     self.float32_classifier)

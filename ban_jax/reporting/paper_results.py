@@ -14,6 +14,10 @@ report's column names (Teacher, BAN-1, BAN-2, ..., Ens*2, ...), so that a
 run's column and the paper's number for it line up. Numbers are test error
 (%) from Furlanello et al. (ICML 2018), as transcribed in PAPER.md. Table 6
 (PTB perplexity) has no rows: ban_jax trains no language models.
+
+The paper's training recipe is data too (`RECIPE`, `recipe`), so that
+`mismatches` can list every way a run differs from the row it is shown
+beside: its setting, its recipe and the columns it lacks.
 """
 
 import dataclasses
@@ -146,8 +150,116 @@ def find(dataset: str, model: str, student: str, loss: str,
   return None
 
 
+# The paper's training recipe (PAPER.md, "Training settings": the
+# Wide-ResNet recipe, for DenseNets too), as config fields that change what
+# a run computes. Fields whose recipe depends on the network or the loss are
+# in `recipe`. Not listed, because they change how, not what, a run
+# computes: seeds, evaluation, checkpoints, steps per call, XLA options.
+RECIPE = {
+    "num_epochs": 200,
+    "batch_size": 128,
+    "optim.learning_rate": 0.1,
+    "optim.momentum": 0.9,
+    "optim.nesterov": True,
+    "optim.weight_decay": 5e-4,
+    "optim.lr_decay_epochs": (60, 120, 160),
+    "optim.lr_decay_factor": 0.2,
+    "data.augment": True,
+    "data.max_train_examples": 0,  # 0: the whole split.
+    "data.max_test_examples": 0,
+    "distill.attention_weight": 0.0,  # Logit KD only: no feature terms.
+    "distill.fsp_weight": 0.0,
+}
+# What a recipe value means, where its bare value does not say.
+_MEANING = {"data.max_train_examples": " (the whole split)",
+            "data.max_test_examples": " (the whole split)"}
+# Values of fields that a config may lack, as the code reads them.
+_DEFAULTS = {"data.max_train_examples": 0, "data.max_test_examples": 0,
+             "distill.dkpp_permutation": "example",
+             "student_dropout_rate": -1.0}
+
+
+def paper_dropout(model: str) -> float:
+  """The recipe's dropout: 0.3 inside Wide-ResNet blocks, none elsewhere."""
+  return 0.3 if model.startswith("wrn") else 0.0
+
+
+def recipe(row: PaperRow) -> dict[str, object]:
+  """Config field -> the paper's value, for `row`'s networks and loss.
+
+  Besides RECIPE: the dropout of the row's teacher and students; the crop
+  padding (`mismatches` compares it only when the run augments); the KD
+  temperature and weights for the losses that read them (T = 1, weights
+  1:1, PAPER.md "The method"); and DKPP's options, by our reading of the
+  paper: the max at the true label (Eq. 11; its Table 2 caption says the
+  argmax, so that choice is listed too) and one permutation per training
+  example for the whole generation (DKPP keeps the moments of each
+  sample's teacher distribution, which permutations redrawn every step
+  average away; PAPER.md, Eq. 11).
+  """
+  out = dict(RECIPE)
+  out["model.dropout_rate"] = paper_dropout(row.model)
+  out["student_dropout_rate"] = paper_dropout(row.student or row.model)
+  out["data.crop_padding"] = 4
+  if row.loss in ("kd", "kd+label"):
+    out["distill.temperature"] = 1.0
+    out["distill.teacher_weight"] = 1.0
+  if row.loss == "kd+label":
+    out["distill.label_weight"] = 1.0
+  if row.loss == "dkpp":
+    out["distill.dkpp_keep_argmax"] = False
+    out["distill.dkpp_permutation"] = "example"
+  return out
+
+
+def _field(config, path: str):
+  node = config
+  for key in path.split("."):
+    if key not in node:
+      return _DEFAULTS.get(path)
+    node = node[key]
+  # JSON and ConfigDicts may hold a sequence as a list: compare as tuples.
+  return tuple(node) if isinstance(node, (list, tuple)) else node
+
+
+def _ours(config, path: str):
+  """The config's value of `path` as the run uses it."""
+  if path == "student_dropout_rate":
+    rate = _field(config, path)
+    return rate if rate >= 0 else _field(config, "model.dropout_rate")
+  return _field(config, path)
+
+
+def is_capped(config) -> bool:
+  """Whether the run trains or tests on a subset of a split: such a run
+  gets no paper numbers beside it (`pipeline.paper_entry`)."""
+  return bool(_field(config, "data.max_train_examples")
+              or _field(config, "data.max_test_examples"))
+
+
+def columns_missing(row: PaperRow, config) -> list[str]:
+  """The row's columns (BAN-k, Ens*k) that the config's run does not have."""
+  generations = config.num_generations
+  sizes = tuple(config.get("ensemble_sizes", ()) or ()) or tuple(
+      range(2, generations + 1))
+  shown = {"Teacher"} | {f"BAN-{g}" for g in range(1, generations + 1)} | {
+      f"Ens*{k}" for k in sizes}
+  return [name for name in row.test_error if name not in shown]
+
+
 def mismatches(row: PaperRow, config) -> list[str]:
-  """The config's settings that differ from the row's, as readable text."""
+  """The config's settings that differ from the row's, as readable text.
+
+  The row's setting (dataset, networks, loss, shared layers), then every
+  field of the paper's recipe (`recipe`) that the config changes, then the
+  row's columns the run does not produce. The compute dtype is compared
+  only for float16: bfloat16 (our default on GPU/TPU) is mixed precision
+  with float32 parameters, optimiser, batch-norm statistics, classifier
+  and losses, the standard recipe that trains CIFAR networks to float32
+  accuracy, so listing it would put one difference under every accelerator
+  run; float16 has a narrow range and no loss scaling here, so small
+  gradients may underflow.
+  """
   student = config.student_model
   student = "" if student == config.model.name else student
   ours = {"dataset": config.data.name, "model": config.model.name,
@@ -156,5 +268,24 @@ def mismatches(row: PaperRow, config) -> list[str]:
   theirs = {"dataset": row.dataset, "model": row.model,
             "student": row.student, "loss": row.loss,
             "share_stem_classifier": row.share_stem_classifier}
-  return [f"{k} is {ours[k]!r}, the paper's is {theirs[k]!r}"
-          for k in ours if ours[k] != theirs[k]]
+  out = [f"{k} is {ours[k]!r}, the paper's is {theirs[k]!r}"
+         for k in ours if ours[k] != theirs[k]]
+  paper = recipe(row)
+  if not _ours(config, "data.augment"):
+    del paper["data.crop_padding"]  # Read only by the crop.
+  for path, value in paper.items():
+    mine = _ours(config, path)
+    if mine != value:
+      out.append(f"{path} is {mine!r}, the paper's is {value!r}"
+                 + _MEANING.get(path, ""))
+  if _field(config, "model.dtype") == "float16":
+    out.append("model.dtype is 'float16', the paper's is float32")
+  missing = columns_missing(row, config)
+  if missing:
+    sizes = tuple(config.get("ensemble_sizes", ()) or ())
+    out.append(f"num_generations is {config.num_generations}"
+               + (f" and ensemble_sizes {sizes}" if sizes else "")
+               + f": the paper's {', '.join(missing)} "
+               + ("has" if len(missing) == 1 else "have")
+               + " no counterpart in this run")
+  return out

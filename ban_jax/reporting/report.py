@@ -7,7 +7,11 @@ for readers of single-seed runs. The report's columns are the chain's
 generations (Teacher, BAN-1, ...) then its ensembles (Ens*2, ...); with
 several seeds each cell is the mean +/- the sample standard deviation over
 seeds. When the config names a paper row, `results["paper"]` holds the
-paper's numbers by the same column names (see `ban_jax/reporting/paper_results.py`).
+paper's numbers by the same column names (see `ban_jax/reporting/paper_results.py`)
+and, under "mismatches", every way the run differs from the paper's setting
+and recipe. With the DKPP loss, `results["dkpp"]` names the two choices the
+paper leaves open: "anchor" ("label" or "argmax") and "permutation"
+("example" or "step").
 """
 
 import io
@@ -53,12 +57,26 @@ def over_seeds(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return out
 
 
+def loss_label(results: dict[str, Any]) -> str:
+  """The loss's name; for DKPP with the two choices the paper leaves open,
+  e.g. 'dkpp: max at the label, one permutation per example'."""
+  loss = results["loss"]
+  dkpp = results.get("dkpp")
+  if loss != "dkpp" or not dkpp:
+    return loss
+  anchor = {"label": "max at the label",
+            "argmax": "max at the teacher's argmax"}[dkpp["anchor"]]
+  permutation = {"example": "one permutation per example",
+                 "step": "new permutations every step"}[dkpp["permutation"]]
+  return f"{loss}: {anchor}, {permutation}"
+
+
 def _model_label(results: dict[str, Any]) -> str:
   gens = results["generations"]
   teacher = gens[0]["model"]
   student = gens[-1]["model"] if len(gens) > 1 else teacher
   model = teacher if student == teacher else f"{teacher} -> {student}"
-  return f"{model} ({results['dataset']}, {results['loss']})"
+  return f"{model} ({results['dataset']}, {loss_label(results)})"
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -117,8 +135,8 @@ def markdown(results: dict[str, Any]) -> str:
     if paper.get("note"):
       parts += [paper["note"], ""]
     if paper.get("mismatches"):
-      parts += ["This run differs from the paper's setting: "
-                + "; ".join(paper["mismatches"]) + ".", ""]
+      parts += ["This run differs from the paper's setting and recipe:", ""]
+      parts += [f"- {mismatch}" for mismatch in paper["mismatches"]] + [""]
   parts += ["Test error per generation: results.png.", ""]
   return "\n".join(parts)
 

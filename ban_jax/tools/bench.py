@@ -24,6 +24,12 @@ Modes, for each model and batch size:
   permutation, then `steps_per_epoch` steps in calls of `--steps_per_call`,
   then the epoch's metrics fetched to the host), no checkpoint or eval.
 
+The classifier (pool + final linear layer) always computes in float32
+(ban_jax/models/common.py). `--bf16_classifier` adds, for each model that
+can, every mode again with the classifier in the compute dtype, marked
+`<mode>, bf16 classifier` (key `classifier` in the JSON): the two rows'
+difference is what the float32 classifier costs.
+
 Output: one JSON object a line with the keys of peer_torch.py (`impl`,
 `model`, `mode`, `batch`, `img_per_s`) plus `compile_s` (lowering and
 compiling the step), `peak_mem_gb` (the device's peak bytes in use so far in
@@ -51,6 +57,7 @@ compiled once). Non-model settings (schedule, dtype default) come from
 """
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -148,7 +155,8 @@ class KDBench:
 
   def __init__(self, base_config, model: str, batch: int, dtype: str,
                steps_per_call: int, data, mesh, xla_options: str = "",
-               profile_dir: str = "", profile_steps: int = 0):
+               profile_dir: str = "", profile_steps: int = 0,
+               float32_classifier: bool = True):
     # pylint: disable=g-import-not-at-top
     from ban_jax.runtime import parallel
     from ban_jax import pipeline
@@ -157,12 +165,15 @@ class KDBench:
     self._train, self._parallel = train, parallel
     self.data, self.batch = data, batch
     self.profile_dir, self.profile_steps = profile_dir, profile_steps
-    self._prefix = f"{model}_b{batch}"
+    self._prefix = f"{model}_b{batch}" + (
+        "" if float32_classifier else "_lowcls")
     self.trainers = {}
     for augment in (False, True):
       config = bench_config(base_config, model, batch, dtype, steps_per_call,
                             augment, xla_options)
       student = pipeline.build_model(model, config, data.num_classes)
+      if not float32_classifier:
+        student = student.clone(float32_classifier=False)
       # The teacher has the student's architecture, as in born-again chains.
       self.trainers[augment] = train.GenerationTrainer(
           config, student, student, data, mesh)
@@ -267,7 +278,7 @@ class KDBench:
 
 
 def _rows(args):
-  """Yields one result dict per (model, batch size, mode)."""
+  """Yields one result dict per (model, batch size, classifier, mode)."""
   # pylint: disable=g-import-not-at-top
   from ban_jax.runtime import parallel
   from ban_jax import train
@@ -284,13 +295,20 @@ def _rows(args):
   labels = {"step": dtype_label, "step+aug": f"{dtype_label}+aug",
             "epoch": "epoch"}
   modes = _names(args.modes)
+  classifiers = (True, False) if args.bf16_classifier else (True,)
   for model in _names(args.models):
-    for batch in [int(b) for b in _names(args.batch_sizes)]:
+    for batch, float32_classifier in itertools.product(
+        [int(b) for b in _names(args.batch_sizes)], classifiers):
+      if not float32_classifier and not _has_low_classifier(model):
+        print(f"{model} has no bfloat16-classifier option: no "
+              "--bf16_classifier rows for it.", file=sys.stderr)
+        continue
       row = {"impl": "ban_jax", "model": model, "batch": batch,
              "dtype": dtype_label, "devices": len(devices),
              "device_kind": devices[0].device_kind,
              "steps_per_call": args.steps_per_call,
-             "image_size": args.image_size}
+             "image_size": args.image_size,
+             "classifier": "fp32" if float32_classifier else dtype_label}
       if args.xla_options:
         row["xla_options"] = args.xla_options
       bench = None
@@ -300,14 +318,16 @@ def _rows(args):
         data = train.put_dataset(dataset, mesh, batch)
         bench = KDBench(base, model, batch, args.dtype, args.steps_per_call,
                         data, mesh, args.xla_options, args.profile_dir,
-                        args.profile_steps)
+                        args.profile_steps,
+                        float32_classifier=float32_classifier)
       except Exception as e:  # pylint: disable=broad-except
         # One model's failure (out of memory at a big batch, a failed
         # compile) must not lose the others' numbers. Bad names were
         # refused by parse_args.
         error = f"{type(e).__name__}: {e}"[:500]
       for mode in modes:
-        result = dict(row, mode=labels[mode])
+        result = dict(row, mode=labels[mode] + (
+            "" if float32_classifier else f", {dtype_label} classifier"))
         if bench is None:
           result["error"] = error
           yield result
@@ -335,6 +355,18 @@ def _rows(args):
             print(f"Profiling {model} {mode} failed: {type(e).__name__}: "
                   f"{e}", file=sys.stderr)
       del bench
+
+
+def _has_low_classifier(model: str) -> bool:
+  """Whether `model` takes float32_classifier=False (DenseNet does not)."""
+  # pylint: disable=g-import-not-at-top
+  from ban_jax import models
+  # pylint: enable=g-import-not-at-top
+  try:
+    models.get_model(model, 10, float32_classifier=False)
+  except (TypeError, ValueError):
+    return False
+  return True
 
 
 def _names(text: str) -> list[str]:
@@ -408,6 +440,9 @@ def parse_args(argv=None):
   add("--dtype", default="auto",
       help="compute dtype: auto (bf16 on GPU/TPU, fp32 on CPU), float32, "
       "bfloat16, float16")
+  add("--bf16_classifier", action="store_true",
+      help="also run every mode with the classifier in the compute dtype "
+      "instead of float32, to show what the float32 classifier costs")
   add("--image_size", type=int, default=32, help="square image side")
   add("--num_classes", type=int, default=100)
   add("--num_examples", type=int, default=50_000,
