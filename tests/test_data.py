@@ -23,6 +23,7 @@ import pytest
 from sklearn import datasets as sk_datasets
 import tensorflow_datasets as tfds
 
+from ban_jax import config_schema
 from ban_jax.data import augment
 from ban_jax.data import channel_stats
 from ban_jax.data import cifar
@@ -156,7 +157,9 @@ def _write_tar(path, folder, files):
 
 
 def _config(**kwargs):
-  return ml_collections.ConfigDict(kwargs)
+  """configs/default.py's data block with `kwargs` (paths may be Paths)."""
+  return ml_collections.ConfigDict(
+      {**config_schema.defaults().data.to_dict(), **kwargs})
 
 
 def _nhwc(rows):

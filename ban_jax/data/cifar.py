@@ -162,16 +162,15 @@ def load(name: str, data_config, *, process_index: int | None = None,
     raise ValueError(f"process_index={process_index} is not in "
                      f"[0, process_count={process_count}).")
 
-  source = data_config.get("source", "auto") or "auto"
+  source = data_config.source
   if source not in DATA_SOURCES:
     raise ValueError(f"config.data.source={source!r}; expected one of "
                      f"{', '.join(DATA_SOURCES)}.")
-  archive_path = data_config.get("archive_path", None)
+  archive_path = data_config.archive_path
   # A smoke run's cap applies to the whole split, before it is divided
   # between the hosts, so that N hosts train on the same examples as one.
-  train_cap = data_config.get("max_train_examples", 0) or None
-  data_dir, data_dir_origin = resolve_data_dir(data_config.get("data_dir",
-                                                               None))
+  train_cap = data_config.max_train_examples or None
+  data_dir, data_dir_origin = resolve_data_dir(data_config.data_dir)
   archive, looked = (_find_archive(spec, archive_path) if archive_path
                      else (None, []))
 
