@@ -19,6 +19,7 @@ from absl import logging
 from etils import epath
 from flax import linen as nn
 
+from ban_jax import config_schema
 from ban_jax import errors
 from ban_jax import models
 from ban_jax import train
@@ -31,14 +32,6 @@ from ban_jax.runtime import compilation
 from ban_jax.runtime import metrics_writer
 from ban_jax.runtime import parallel
 from ban_jax.runtime import preemption
-
-# Config fields that may change between reruns of one workdir: they do not
-# change what a finished generation computed (the data fields only say
-# where the same data is found).
-RERUN_SAFE_FIELDS = ("num_generations", "ensemble_sizes", "eval_every_epochs",
-                     "checkpoint_every_steps", "steps_per_call", "xla_options",
-                     "compilation_cache_dir", "seeds", "paper_row",
-                     "data.source", "data.data_dir", "data.archive_path")
 
 
 @dataclasses.dataclass
@@ -56,7 +49,7 @@ def build_model(name: str, config, num_classes: int,
   """The named model with the config's dtype and (if it has one) dropout."""
   module = models.get_model(name, num_classes, dtype=config.model.dtype)
   dropout = config.model.dropout_rate
-  if generation > 0 and config.get("student_dropout_rate", -1) >= 0:
+  if generation > 0 and config.student_dropout_rate >= 0:
     dropout = config.student_dropout_rate
   fields = {f.name for f in dataclasses.fields(module)}
   if "dropout_rate" in fields:
@@ -86,7 +79,7 @@ def dkpp_choices(config) -> dict[str, Any]:
     return {}
   return {"dkpp": {
       "anchor": "argmax" if distill.dkpp_keep_argmax else "label",
-      "permutation": distill.get("dkpp_permutation", "example")}}
+      "permutation": distill.dkpp_permutation}}
 
 
 def _is_shared(path: tuple[str, ...]) -> bool:
@@ -97,23 +90,31 @@ def copy_stem_classifier(params, teacher_params):
   """Student params with the teacher's `stem` and `classifier` copied in."""
   params = dict(params)
   for name in ("stem", "classifier"):
-    student_shapes = jax.tree.map(np.shape, params[name])
-    teacher_shapes = jax.tree.map(np.shape, teacher_params[name])
-    if student_shapes != teacher_shapes:
-      raise ValueError(
-          f"share_stem_classifier: the student's {name} has shapes "
-          f"{student_shapes} but the teacher's has {teacher_shapes}; pick a "
-          "student whose first conv and classifier match the teacher's, or "
-          "set config.share_stem_classifier=False.")
+    # validation._models_take_the_dataset tells the user when the shapes
+    # differ; this guards a caller that did not validate its config.
+    assert (jax.tree.map(np.shape, params[name])
+            == jax.tree.map(np.shape, teacher_params[name])), name
     params[name] = teacher_params[name]
   return params
 
 
+def _as_json(config_dict: dict[str, Any]) -> dict[str, Any]:
+  # Tuples become lists, as in a saved config.json.
+  return json.loads(json.dumps(config_dict))
+
+
 def _settings(config_dict: dict[str, Any]) -> dict[str, Any]:
-  """Dotted field -> JSON value, less the fields a rerun may change."""
-  # Through JSON first: tuples become lists, as in a saved config.json.
-  flat = validation.flat_fields(json.loads(json.dumps(config_dict)))
-  return {k: v for k, v in flat.items() if k not in RERUN_SAFE_FIELDS}
+  """Dotted field -> JSON value, less the fields a rerun may change.
+
+  A field missing from `config_dict` (a config.json written before the
+  field was added to configs/default.py) counts as its default, as a new
+  field's default keeps what ran before.
+  """
+  defaults = config_schema.defaults().to_dict()
+  flat = {**config_schema.flat_fields(_as_json(defaults)),
+          **config_schema.flat_fields(_as_json(config_dict))}
+  return {k: v for k, v in flat.items()
+          if k not in config_schema.RERUN_SAFE_FIELDS}
 
 
 def _has_trained(workdir: epath.Path) -> bool:
@@ -328,7 +329,7 @@ def paper_entry(config) -> dict[str, Any] | None:
   None as well for a run on a subset of the data (`data.max_*_examples`):
   its errors are not comparable with the paper's at all.
   """
-  if not config.get("paper_row", "") or paper_results.is_capped(config):
+  if not config.paper_row or paper_results.is_capped(config):
     return None
   row = paper_results.get(config.paper_row)
   return {"row": config.paper_row, "table": row.table,
@@ -355,7 +356,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     raise errors.ConfigError(
         f"Cannot use --workdir={workdir}: {e}. Name a folder you can write "
         "(it is made if missing).") from None
-  compilation.enable(config.get("compilation_cache_dir", ""), workdir)
+  compilation.enable(config.compilation_cache_dir, workdir)
   dataset = load_dataset(config.data)
   mesh = parallel.make_mesh()
   data = train.put_dataset(dataset, mesh, config.eval_batch_size)
@@ -363,7 +364,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   # Shared by the seeds too: one compilation per (student, teacher) pair.
   trainers = {}
   per_seed = []
-  run_seeds = validation.seed_list(config)
+  run_seeds = config_schema.seed_list(config)
   for i, seed in enumerate(run_seeds):
     if len(run_seeds) > 1:
       logging.info("Seed %d (%d of %d).", seed, i + 1, len(run_seeds))

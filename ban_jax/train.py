@@ -106,7 +106,7 @@ def dkpp_example_rng(base_rng: jax.Array) -> jax.Array:
 def dkpp_per_example(distill) -> bool:
   """Whether the config's loss is DKPP with one permutation per example."""
   return (distill.loss == "dkpp"
-          and distill.get("dkpp_permutation", "example") == "example")
+          and distill.dkpp_permutation == "example")
 
 
 def student_update(state: TrainState, tx: optax.GradientTransformation,
@@ -204,7 +204,10 @@ class DeviceData:
 def put_dataset(dataset: Dataset, mesh: Mesh, eval_batch_size: int
                 ) -> DeviceData:
   """Copies the dataset to the devices once, for the whole chain."""
-  parallel.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
+  # validation checks config.eval_batch_size against the devices, with the
+  # user's message; this guards callers that build their own mesh.
+  assert eval_batch_size % mesh.devices.size == 0, (eval_batch_size,
+                                                     mesh.devices.size)
   pad = -len(dataset.test_images) % eval_batch_size
   test_images = np.concatenate(
       [dataset.test_images,
@@ -230,12 +233,12 @@ class GenerationTrainer:
     self.teacher = teacher
     self.mesh = mesh
     self.batch_size = config.batch_size
-    parallel.check_batch_size(self.batch_size, mesh)
     self.steps_per_epoch = data.num_train // self.batch_size
-    if self.steps_per_epoch < 1:
-      raise ValueError(
-          f"batch_size={self.batch_size} is larger than the "
-          f"{data.num_train} training examples.")
+    # validation checks both against the devices and the loaded split, with
+    # the user's messages; these guard callers that skipped it.
+    assert self.batch_size % mesh.devices.size == 0, (self.batch_size,
+                                                      mesh.devices.size)
+    assert self.steps_per_epoch >= 1, (self.batch_size, data.num_train)
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.tx = make_optimizer(config.optim, self.steps_per_epoch, frozen)
     self.lr_schedule = learning_rate_schedule(config.optim,
@@ -385,7 +388,7 @@ class GenerationTrainer:
       self._train_steps[num_steps] = jax.jit(
           run, donate_argnums=(0,), out_shardings=self._replicated,
           compiler_options=compilation.xla_compiler_options(
-              self.config.get("xla_options", "")) or None)
+              self.config.xla_options) or None)
     return self._train_steps[num_steps]
 
   # -- evaluation ------------------------------------------------------------

@@ -1,12 +1,15 @@
-"""Checks a config before any compute, with one clear message per problem.
+"""Checks a config before any compute, and reports every problem at once.
 
 `validate` is the first thing `pipeline.run` does: a day-long chain should
-not fail at generation 3 on something a glance at the config could tell. It
-checks, in order: field names (`check_fields`), names (dataset, models,
-loss, paper row), values (positive rates and counts, seeds, ensembles no
-larger than the chain, batches divisible by the devices), and whether the
-models can take the dataset at all, by tracing them abstractly on its image
-shape (`jax.eval_shape`: shapes only, no compute).
+not fail at generation 3 on something a glance at the config could tell.
+It checks field names (`check_fields`), each field's type and range
+(`config_schema.RULES`), then what needs several fields or the library:
+model names, the paper row, seeds, ensembles no larger than the chain,
+batches divisible by the devices, XLA options, and whether the models can
+take the dataset at all, by tracing them abstractly on its image shape
+(`jax.eval_shape`: shapes only, no compute). A check is skipped when a
+field it reads has a problem already, so that each problem is told once;
+all of them come in one ConfigError, one line each.
 
 Misspelt fields on the command line are caught by the locked ConfigDict of
 `ml_collections.config_flags` (see main.py); `check_fields` catches them in
@@ -14,64 +17,24 @@ configs built in Python, where a typo silently adds a new field.
 """
 
 import difflib
-from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from absl import logging
 
+from ban_jax import config_schema
 from ban_jax import feature_losses
-from ban_jax import losses
 from ban_jax import models
-from ban_jax.data import DATA_SOURCES
-from ban_jax.data import DATASET_NAMES
 from ban_jax.data import DATASET_SHAPES
 from ban_jax.errors import ConfigError
 from ban_jax.models import common
 from ban_jax.reporting import paper_results
 from ban_jax.runtime import compilation
 
-
-# Every field some part of ban_jax reads (configs/digits.py and
-# configs/cifar_base.py). A field that is not here but is close to one that
-# is, is a typo; add new fields here when you add them to a config.
-KNOWN_FIELDS = (
-    "seed", "seeds", "num_generations", "ensemble_sizes", "paper_row",
-    "data.name", "data.augment", "data.crop_padding", "data.source",
-    "data.data_dir", "data.archive_path", "data.max_train_examples",
-    "data.max_test_examples",
-    "model.name", "model.dropout_rate", "model.dtype", "student_model",
-    "student_dropout_rate", "share_stem_classifier",
-    "distill.loss", "distill.temperature", "distill.label_weight",
-    "distill.teacher_weight", "distill.dkpp_keep_argmax",
-    "distill.dkpp_permutation",
-    "distill.attention_weight", "distill.fsp_weight",
-    "optim.learning_rate", "optim.momentum", "optim.nesterov",
-    "optim.weight_decay", "optim.lr_decay_epochs", "optim.lr_decay_factor",
-    "num_epochs", "batch_size", "eval_batch_size", "eval_every_epochs",
-    "checkpoint_every_steps", "steps_per_call", "xla_options",
-    "compilation_cache_dir",
-)
-
 # Image side at which a model's total downsampling is measured: a power of
 # two large enough that every stride divides it.
 _REFERENCE_SIDE = 1024
-
-
-def flat_fields(config, prefix: str = "") -> dict[str, Any]:
-  """Dotted field name -> value, of a ConfigDict or a nested dict."""
-  flat = {}
-  for key, value in config.items():
-    if hasattr(value, "items"):
-      flat.update(flat_fields(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def seed_list(config) -> list[int]:
-  """The seeds to run the chain with: config.seeds, else config.seed."""
-  return list(config.get("seeds", ()) or ()) or [config.seed]
 
 
 def _is_int(value) -> bool:
@@ -79,40 +42,49 @@ def _is_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_fields(config, known=KNOWN_FIELDS) -> None:
-  """Fails on a field that looks like a misspelling of a known one.
+def _field_name_problems(config,
+                         known=config_schema.KNOWN_FIELDS) -> list[str]:
+  """A message per field that looks like a misspelling of a known one.
 
   A field that is unknown but close to no known field may be someone's new
   setting: it gets a warning, not an error.
   """
-  for path in flat_fields(config):
+  problems = []
+  for path in config_schema.flat_fields(config):
     if path in known:
       continue
     close = difflib.get_close_matches(path, known, n=1, cutoff=0.8)
     if close:
-      raise ConfigError(
+      problems.append(
           f"config.{path} is not a field; did you mean config.{close[0]}? "
           "(Setting a misspelt field on a ConfigDict adds a new field "
           "instead of changing the real one.)")
-    logging.warning("config.%s is not a field ban_jax knows; it is ignored "
-                    "unless some code reads it (see validation.KNOWN_FIELDS).",
-                    path)
+    else:
+      logging.warning("config.%s is not a field ban_jax knows; it is ignored "
+                      "unless some code reads it (see configs/default.py).",
+                      path)
+  return problems
 
 
-def _choice(what: str, value, valid) -> None:
-  if value not in valid:
-    raise ConfigError(f"Unknown {what} {value!r}. Valid choices: "
-                      f"{', '.join(map(str, valid))}.")
+def check_fields(config, known=config_schema.KNOWN_FIELDS) -> None:
+  """Fails on fields that look like misspellings of known ones."""
+  _raise(_field_name_problems(config, known))
 
 
-def _positive(name: str, value) -> None:
-  if not value > 0:
-    raise ConfigError(f"config.{name} must be positive, got {value!r}.")
-
-
-def _in_range(name: str, value, low, high, what: str) -> None:
-  if not low <= value < high:
-    raise ConfigError(f"config.{name} must be {what}, got {value!r}.")
+def _rule_problems(config) -> dict[str, str]:
+  """Field -> what is wrong with it, by `config_schema.RULES`."""
+  flat = config_schema.flat_fields(config)
+  problems = {}
+  for field, rule in config_schema.RULES.items():
+    if field not in flat:
+      problems[field] = (
+          f"config.{field} is missing; start a config from "
+          "configs/default.py's get_config(), which has every field.")
+      continue
+    problem = rule.problem(field, flat[field])
+    if problem:
+      problems[field] = problem
+  return problems
 
 
 def _model(name: str, field: str) -> None:
@@ -122,14 +94,26 @@ def _model(name: str, field: str) -> None:
     raise ConfigError(f"config.{field}: {e}") from None
 
 
+def _student_model(config) -> None:
+  if config.student_model:
+    _model(config.student_model, "student_model")
+
+
+def _dtype(config) -> None:
+  try:
+    common.resolve_dtype(config.model.dtype)
+  except ValueError as e:
+    raise ConfigError(f"config.model.dtype: {e}") from None
+
+
 def _crop_padding(config) -> None:
   """A random crop pads by `crop_padding`; it must be less than the side."""
-  if not config.data.get("augment", False):
+  if not config.data.augment:
     return
   pad = config.data.crop_padding
   shape = DATASET_SHAPES.get(config.data.name)
   side = min(shape[0][:2]) if shape else float("inf")
-  if not _is_int(pad) or not 0 <= pad < side:
+  if pad >= side:  # Its type and `>= 0`: config_schema.RULES.
     raise ConfigError(
         f"config.data.crop_padding={pad!r}: the random crop pads each side by "
         f"this many pixels, so it must be an integer in [0, {side}) for "
@@ -137,12 +121,31 @@ def _crop_padding(config) -> None:
 
 
 def check_batch_fits(config, num_train: int) -> None:
-  """The train batch must fit in the (global) train split."""
+  """The train batch must fit in the (global) train split.
+
+  Checked once the data is loaded (by `pipeline.run`): only then is the
+  split's size known. `train.GenerationTrainer` relies on it.
+  """
   if config.batch_size > num_train:
     raise ConfigError(
         f"config.batch_size={config.batch_size} is larger than the "
         f"{num_train} training examples of {config.data.name}; use at most "
         f"{num_train}.")
+
+
+def _divisible_by_devices(field: str) -> Callable[..., None]:
+  """A check that config.`field` splits evenly over all devices.
+
+  The one place this is checked: `train` assumes it (an assert there only
+  guards callers that build their own mesh).
+  """
+  def check(config) -> None:
+    num_devices = jax.device_count()
+    if config[field] % num_devices:
+      raise ConfigError(
+          f"config.{field}={config[field]} is not divisible by the "
+          f"{num_devices} devices; use a multiple of {num_devices}.")
+  return check
 
 
 def _xla_options(text: str) -> None:
@@ -163,20 +166,35 @@ def _xla_options(text: str) -> None:
 
 
 def _seeds(config) -> None:
-  seeds = seed_list(config)
+  seeds = config_schema.seed_list(config)
   for seed in seeds:
     if not _is_int(seed) or seed < 0:
       raise ConfigError(
           f"Seeds must be non-negative integers, got {seed!r} in "
-          f"config.seeds={tuple(config.get('seeds', ()))} / "
+          f"config.seeds={tuple(config.seeds)} / "
           f"config.seed={config.seed!r}.")
   if len(set(seeds)) != len(seeds):
     raise ConfigError(f"config.seeds={tuple(seeds)} repeats a seed; each "
                       "seed runs (and is stored) once.")
 
 
+def _ensembles(config) -> None:
+  for size in config.ensemble_sizes:
+    # A float (2.0) would pass the range check and fail only once the whole
+    # chain has trained, slicing the generations.
+    if not _is_int(size) or not 2 <= size <= config.num_generations:
+      raise ConfigError(
+          f"config.ensemble_sizes has {size!r}: an ensemble Ens*k averages "
+          f"generations 1..k, so k must be an integer in 2..num_generations="
+          f"{config.num_generations}.")
+  if len(set(config.ensemble_sizes)) != len(config.ensemble_sizes):
+    raise ConfigError(
+        f"config.ensemble_sizes={tuple(config.ensemble_sizes)} repeats a "
+        "size; list each Ens*k once.")
+
+
 def _paper_row(config) -> None:
-  key = config.get("paper_row", "")
+  key = config.paper_row
   if not key:
     return
   try:
@@ -265,7 +283,7 @@ def _models_take_the_dataset(config) -> None:
             "student whose first conv and classifier match the teacher's, "
             "or set config.share_stem_classifier=False.")
   distill = config.distill
-  if distill.get("attention_weight", 0) or distill.get("fsp_weight", 0):
+  if distill.attention_weight or distill.fsp_weight:
     try:
       jax.eval_shape(
           lambda s, t: feature_losses.weighted_feature_loss(distill, s, t),
@@ -277,66 +295,53 @@ def _models_take_the_dataset(config) -> None:
           f"cannot be computed: {e}") from None
 
 
+def _raise(problems: list[str]) -> None:
+  """One ConfigError for all `problems`: one line each (and the lines of
+  a longer one, such as the list of model names, indented below it)."""
+  if len(problems) == 1:
+    raise ConfigError(problems[0])
+  if problems:
+    raise ConfigError(
+        f"The config has {len(problems)} problems:\n" + "\n".join(
+            "  " + p.replace("\n", "\n    ") for p in problems))
+
+
+# The checks beyond one field's rule: (the fields a failure is about, the
+# other fields the check reads, the check). A check runs only if all of
+# these passed their rules and earlier checks, so that each problem is
+# told once, by the check closest to it.
+_CHECKS = (
+    (("model.dtype",), (), _dtype),
+    (("model.name",), (), lambda config: _model(config.model.name,
+                                                "model.name")),
+    (("student_model",), (), _student_model),
+    (("data.crop_padding",), ("data.name", "data.augment"), _crop_padding),
+    (("paper_row",), ("data.name", "model.name", "student_model",
+                      "distill.loss", "share_stem_classifier"), _paper_row),
+    (("seeds",), ("seed",), _seeds),
+    (("ensemble_sizes",), ("num_generations",), _ensembles),
+    (("batch_size",), (), _divisible_by_devices("batch_size")),
+    (("eval_batch_size",), (), _divisible_by_devices("eval_batch_size")),
+    (("xla_options",), (), lambda config: _xla_options(config.xla_options)),
+    # Last: it traces the models (shapes only, but the slowest check).
+    ((), ("data.name", "model.name", "model.dtype", "student_model",
+          "share_stem_classifier", "distill.attention_weight",
+          "distill.fsp_weight"), _models_take_the_dataset),
+)
+
+
 def validate(config) -> None:
-  """Raises ConfigError on the first value that cannot work."""
-  check_fields(config)
-  _choice("dataset (config.data.name)", config.data.name, DATASET_NAMES)
-  _choice("data source (config.data.source)",
-          config.data.get("source", "auto") or "auto", DATA_SOURCES)
-  _crop_padding(config)
-  try:
-    common.resolve_dtype(config.model.dtype)
-  except ValueError as e:
-    raise ConfigError(f"config.model.dtype: {e}") from None
-  _model(config.model.name, "model.name")
-  if config.student_model:
-    _model(config.student_model, "student_model")
-  _choice("distillation loss (config.distill.loss)", config.distill.loss,
-          losses.DISTILL_LOSSES)
-  _choice("DKPP permutation (config.distill.dkpp_permutation)",
-          config.distill.get("dkpp_permutation", "example"),
-          losses.DKPP_PERMUTATIONS)
-  _paper_row(config)
-  _positive("optim.learning_rate", config.optim.learning_rate)
-  _positive("optim.lr_decay_factor", config.optim.lr_decay_factor)
-  _in_range("optim.momentum", config.optim.momentum, 0, 1, "in [0, 1)")
-  _in_range("optim.weight_decay", config.optim.weight_decay, 0,
-            float("inf"), ">= 0")
-  _in_range("model.dropout_rate", config.model.dropout_rate, 0, 1,
-            "in [0, 1)")
-  if config.get("student_dropout_rate", -1) >= 0:
-    _in_range("student_dropout_rate", config.student_dropout_rate, 0, 1,
-              "in [0, 1), or negative for model.dropout_rate")
-  _positive("num_epochs", config.num_epochs)
-  _positive("batch_size", config.batch_size)
-  _positive("eval_batch_size", config.eval_batch_size)
-  _positive("eval_every_epochs", config.eval_every_epochs)
-  _positive("steps_per_call", config.steps_per_call)
-  _xla_options(config.get("xla_options", ""))
-  _in_range("checkpoint_every_steps", config.checkpoint_every_steps, 0,
-            float("inf"), ">= 0 (0: only at epoch ends)")
-  _positive("distill.temperature", config.distill.temperature)
-  _seeds(config)
-  if config.num_generations < 1:
-    raise ConfigError(
-        f"config.num_generations must be >= 1 (a teacher and at least one "
-        f"born-again generation), got {config.num_generations}.")
-  for size in config.ensemble_sizes:
-    # A float (2.0) would pass the range check and fail only once the whole
-    # chain has trained, slicing the generations.
-    if not _is_int(size) or not 2 <= size <= config.num_generations:
-      raise ConfigError(
-          f"config.ensemble_sizes has {size!r}: an ensemble Ens*k averages "
-          f"generations 1..k, so k must be an integer in 2..num_generations="
-          f"{config.num_generations}.")
-  if len(set(config.ensemble_sizes)) != len(config.ensemble_sizes):
-    raise ConfigError(
-        f"config.ensemble_sizes={tuple(config.ensemble_sizes)} repeats a "
-        "size; list each Ens*k once.")
-  num_devices = jax.device_count()
-  for field in ("batch_size", "eval_batch_size"):
-    if config[field] % num_devices:
-      raise ConfigError(
-          f"config.{field}={config[field]} is not divisible by the "
-          f"{num_devices} devices; use a multiple of {num_devices}.")
-  _models_take_the_dataset(config)
+  """Raises one ConfigError that lists every problem of `config`."""
+  problems = _field_name_problems(config)
+  by_field = _rule_problems(config)
+  problems += by_field.values()
+  failed = set(by_field)
+  for about, reads, check in _CHECKS:
+    if failed.intersection(about + reads):
+      continue
+    try:
+      check(config)
+    except ConfigError as e:
+      problems.append(str(e))
+      failed.update(about)
+  _raise(problems)

@@ -1,11 +1,12 @@
-"""The paper's CIFAR recipe, shared by configs/cifar10.py and cifar100.py.
+"""The paper's CIFAR rows, shared by configs/cifar10.py and cifar100.py.
 
-Training settings are the Wide-ResNet recipe the paper points to
-(../shared/PAPER.md, "Training settings"): SGD with Nesterov momentum 0.9,
-lr 0.1 x0.2 at epochs 60, 120 and 160 of 200, batch 128, weight decay 5e-4,
-dropout 0.3 inside Wide-ResNet blocks, 4-pixel reflect-padded random crop and
-horizontal flip, per-channel mean/std normalisation; three born-again
-generations, BAN (teacher cross-entropy, T = 1).
+Training settings are configs/default.py's, the Wide-ResNet recipe the
+paper points to (../shared/PAPER.md, "Training settings"): SGD with
+Nesterov momentum 0.9, lr 0.1 x0.2 at epochs 60, 120 and 160 of 200, batch
+128, weight decay 5e-4, dropout 0.3 inside Wide-ResNet blocks, 4-pixel
+reflect-padded random crop and horizontal flip, per-channel mean/std
+normalisation; three born-again generations, BAN (teacher cross-entropy,
+T = 1). This file sets the dataset and what the config argument chooses.
 
 The config argument (after the file name and a colon) is a comma-separated
 list of `key=value` settings and flags:
@@ -25,7 +26,7 @@ e.g. `--config=configs/cifar100.py:model=densenet112_33,loss=cwtm`.
 import ml_collections
 
 from ban_jax.reporting import paper_results
-from configs import digits
+from configs import default
 
 _KEYS = ("model", "student", "loss", "generations", "seeds")
 _FLAGS = ("share", "smoke")
@@ -72,50 +73,20 @@ def cifar_config(dataset: str, argument: str | None
                  ) -> ml_collections.ConfigDict:
   """The paper's CIFAR settings for `dataset`, adjusted by `argument`."""
   settings = parse_argument(argument)
-  config = digits.get_config()  # Same fields; CIFAR values below.
+  config = default.get_config()  # The paper's recipe; its choices below.
 
   config.data.name = dataset
-  config.data.augment = True
-  # Where the data comes from: auto, tfds or archive (see README, CIFAR).
-  config.data.source = "auto"
-  # TFDS data_dir; "": $TFDS_DATA_DIR, else ~/tensorflow_datasets. (A
-  # string, not None: ml_collections cannot override a None field.)
-  config.data.data_dir = ""
-  # Path to the official cifar-10(0)-python.tar.gz, or a folder with it.
-  config.data.archive_path = ""
-  # Keep only this many examples of a split (0: all); for smoke runs only.
-  config.data.max_train_examples = 0
-  config.data.max_test_examples = 0
-
-  config.model.name = settings.get("model", "wrn28_10")
+  config.model.name = settings.get("model", config.model.name)
   config.model.dropout_rate = dropout_for(config.model.name)
   config.student_model = settings.get("student", "")
   config.student_dropout_rate = dropout_for(
       config.student_model or config.model.name)
   config.share_stem_classifier = bool(settings.get("share", False))
-  config.distill.loss = settings.get("loss", "kd")
-  config.num_generations = int(settings.get("generations", 3))
+  config.distill.loss = settings.get("loss", config.distill.loss)
+  config.num_generations = int(settings.get("generations",
+                                            config.num_generations))
   if "seeds" in settings:
     config.seeds = tuple(int(s) for s in settings["seeds"].split("/"))
-
-  config.optim.learning_rate = 0.1
-  config.optim.momentum = 0.9
-  config.optim.nesterov = True
-  config.optim.weight_decay = 5e-4
-  config.optim.lr_decay_epochs = (60, 120, 160)
-  config.optim.lr_decay_factor = 0.2
-  config.num_epochs = 200
-  config.batch_size = 128
-  config.eval_batch_size = 1000
-  # Test metrics (and the dark-knowledge metrics) every epoch: inference
-  # on the 10k test images costs a few percent of a training epoch.
-  config.eval_every_epochs = 1
-  config.checkpoint_every_steps = 0
-  # Train steps per compiled call (a scan on GPU/TPU): on an H200, 10 took
-  # ResNet-18 from 30k to 39k img/s by removing per-call launch gaps.
-  config.steps_per_call = 10
-  # XLA options of the train step, 'name=value;...' (see train.py).
-  config.xla_options = ""
 
   # The paper's row for these settings (results.md shows its numbers).
   config.paper_row = paper_results.find(

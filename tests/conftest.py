@@ -12,7 +12,8 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# configs/ is not a package: make `configs.digits` importable in tests.
+# This checkout's root first, so that `configs.digits` is this checkout's
+# (the installed package may point at another one).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Many tests build the same small networks again (every pipeline.run makes

@@ -3,15 +3,24 @@
 The CIFAR values are the paper's (../shared/PAPER.md, "Training settings",
 the Wide-ResNet recipe); the digits values made README's digits table. Each
 config is compared whole, so that a changed or a new field is a decision
-taken here as well.
+taken here as well. The schema (configs/default.py, with
+ban_jax/config_schema.py's rules) is checked for a field declared in one
+place only.
 """
+
+import pathlib
+import re
 
 import pytest
 
+from ban_jax import config_schema
 from configs import cifar10
 from configs import cifar100
 from configs import cifar_base
+from configs import default
 from configs import digits
+
+ROOT = pathlib.Path(__file__).parent.parent
 
 # SGD, Nesterov momentum 0.9, lr 0.1 x0.2 at epochs 60, 120 and 160 of 200,
 # batch 128, weight decay 5e-4, dropout 0.3 in WRN blocks, 4-pixel reflect
@@ -31,8 +40,8 @@ _PAPER = {
     "share_stem_classifier": False,
     "distill": {"loss": "kd", "temperature": 1.0, "label_weight": 1.0,
                 "teacher_weight": 1.0, "dkpp_keep_argmax": False,
-                "dkpp_permutation": "example",
-                "attention_weight": 0.0, "fsp_weight": 0.0},
+                "dkpp_permutation": "example", "attention_weight": 0.0,
+                "fsp_weight": 0.0},
     "optim": {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True,
               "weight_decay": 5e-4, "lr_decay_epochs": (60, 120, 160),
               "lr_decay_factor": 0.2},
@@ -145,7 +154,9 @@ def test_digits_config_is_the_readme_job():
       "num_generations": 3,
       "ensemble_sizes": (),
       "paper_row": "",
-      "data": {"name": "digits", "augment": False, "crop_padding": 4},
+      "data": {"name": "digits", "augment": False, "crop_padding": 4,
+               "source": "auto", "data_dir": "", "archive_path": "",
+               "max_train_examples": 0, "max_test_examples": 0},
       "model": {"name": "wrn10_2", "dropout_rate": 0.0, "dtype": "auto"},
       "student_model": "",
       "student_dropout_rate": -1.0,
@@ -164,3 +175,61 @@ def test_digits_config_is_the_readme_job():
       "compilation_cache_dir": "compile_cache",
   }
   assert digits.get_config("").num_generations == 3
+
+
+def test_the_paper_recipe_is_the_default():
+  # cifar100 with no argument adds only its paper row, and the students'
+  # dropout spelt out (the default's -1 means the teacher's, 0.3 too).
+  assert default.get_config().to_dict() == _with(
+      _PAPER, paper_row="", student_dropout_rate=-1.0)
+
+
+def test_every_field_has_a_rule_and_every_rule_a_field():
+  assert set(config_schema.RULES) == set(config_schema.KNOWN_FIELDS)
+  assert config_schema.KNOWN_FIELDS == tuple(
+      config_schema.flat_fields(default.get_config()))
+
+
+def test_rerun_safe_fields_are_fields():
+  assert set(config_schema.RERUN_SAFE_FIELDS) <= set(
+      config_schema.KNOWN_FIELDS)
+  assert config_schema.RERUN_SAFE_FIELDS == default.RERUN_SAFE_FIELDS
+
+
+@pytest.mark.parametrize("config", [
+    default.get_config(), digits.get_config(), cifar10.get_config(""),
+    cifar100.get_config("smoke"),
+    cifar100.get_config("model=densenet90_60,student=densewrn1_1,share,"
+                        "loss=cwtm,generations=2,seeds=0/1"),
+], ids=["default", "digits", "cifar10", "cifar100_smoke", "cifar100_table5"])
+def test_shipped_configs_have_the_default_fields_and_obey_the_rules(config):
+  # A field added to a config but not to configs/default.py would be
+  # unknown to validation and to the rerun check.
+  flat = config_schema.flat_fields(config)
+  assert tuple(sorted(flat)) == tuple(sorted(config_schema.KNOWN_FIELDS))
+  for field, rule in config_schema.RULES.items():
+    assert rule.problem(field, flat[field]) is None, field
+
+
+def test_every_default_field_has_a_comment_above_it():
+  lines = (ROOT / "configs" / "default.py").read_text().splitlines()
+  assignments = [i for i, line in enumerate(lines)
+                 if re.match(r"  config\.[\w.]+ = ", line)
+                 and "ConfigDict()" not in line]
+  assert len(assignments) == len(config_schema.KNOWN_FIELDS)
+  for i in assignments:
+    assert lines[i - 1].strip().startswith("#"), lines[i]
+
+
+def test_no_library_code_repeats_a_default():
+  # `config.get("field", default)` would be a second default, which the
+  # schema would not see change; every config has every field.
+  leaves = {field.rsplit(".", 1)[-1] for field in config_schema.KNOWN_FIELDS}
+  pattern = re.compile(
+      r"(\w*config\w*|\bdistill|\boptim|\bdata|\bmodel)"
+      r"\.get\(\s*[\"'](\w+)[\"']")
+  found = [f"{path.relative_to(ROOT)}: {match.group(0)}"
+           for path in sorted((ROOT / "ban_jax").rglob("*.py"))
+           for match in pattern.finditer(path.read_text())
+           if match.group(2) in leaves]
+  assert not found

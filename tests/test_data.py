@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from ban_jax import config_schema
 from ban_jax.data import channel_stats
 from ban_jax.data import device_epoch
 from ban_jax.data import load_dataset
@@ -22,7 +23,9 @@ from ban_jax.tools.bench_input import main as bench_input_main
 
 
 def _config(**kwargs):
-  return ml_collections.ConfigDict(kwargs)
+  """configs/default.py's data block with `kwargs` (paths may be Paths)."""
+  return ml_collections.ConfigDict(
+      {**config_schema.defaults().data.to_dict(), **kwargs})
 
 
 def test_channel_stats_are_exact():

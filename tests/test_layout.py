@@ -19,8 +19,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "ban_jax"
 LAYERS = (
     ("errors",),
     ("runtime.",),
-    ("losses", "feature_losses", "models.", "data.", "reporting.",
-     "config_schema"),
+    ("losses", "feature_losses", "models.", "data.", "reporting."),
+    # The schema names the valid datasets and losses.
+    ("config_schema",),
     ("train", "validation"),
     ("pipeline",),
     ("config_file",),

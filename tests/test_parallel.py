@@ -247,11 +247,9 @@ def test_shardings_on_a_two_host_mesh():
       i = h * 4 + l
       np.testing.assert_array_equal(batch[device], x[2 * i:2 * i + 2])
       np.testing.assert_array_equal(blocks[device], x[8 * h:8 * h + 8])
-  # The batch splits over all 8 devices, not over one host's 4.
-  parallel.check_batch_size(16, mesh)
-  with pytest.raises(ValueError, match="batch_size=4 is not divisible by "
-                     "the 8 devices"):
-    parallel.check_batch_size(4, mesh)
+  # The batch splits over all 8 devices, not over one host's 4: what
+  # validation checks batch sizes against (jax.device_count()).
+  assert mesh.devices.size == jax.device_count() == 8
 
 
 class _Host:

@@ -359,6 +359,24 @@ def test_a_workdir_binds_its_settings_once_a_generation_is_checkpointed(
   check(workdir, moved)
 
 
+def test_a_config_json_from_before_a_field_existed_reads_its_default(
+    tmp_path):
+  check = pipeline._check_workdir_config  # pylint: disable=protected-access
+  config = tiny_config()
+  check(epath.Path(tmp_path), config)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["distill"]["dkpp_permutation"]
+  del saved["data"]["max_train_examples"], saved["data"]["max_test_examples"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  (tmp_path / "seed_0" / "gen_0" / "checkpoints" / "21").mkdir(parents=True)
+  check(epath.Path(tmp_path), config)  # The defaults: the same settings.
+  config.distill.dkpp_permutation = "step"
+  with pytest.raises(validation.ConfigError,
+                     match=r"\(distill.dkpp_permutation: 'example' there, "
+                     r"'step' now\)"):
+    check(epath.Path(tmp_path), config)
+
+
 def test_an_unreadable_config_json(tmp_path):
   check = pipeline._check_workdir_config  # pylint: disable=protected-access
   workdir = epath.Path(tmp_path)

@@ -126,7 +126,7 @@ def test_frozen_parameters_get_no_update(setup):
       "kernel"])
 
 
-def test_copy_stem_classifier_checks_shapes():
+def test_copy_stem_classifier_asserts_shapes():
   config = digits.get_config()
   shapes = lambda name: jax.eval_shape(
       lambda: pipeline.build_model(name, config, NUM_CLASSES).init(
@@ -141,8 +141,8 @@ def test_copy_stem_classifier_checks_shapes():
   assert np.all(copied["stage0_block0"]["Conv_0"]["kernel"] == 1)
   other = jax.tree.map(lambda s: np.ones(s.shape, s.dtype),
                        shapes("wrn10_1"))
-  with pytest.raises(ValueError, match=r"classifier has shapes .*\(64, 10\)"
-                     r".* teacher's has .*\(128, 10\)"):
+  # validation tells the user (test_validation); this guards callers.
+  with pytest.raises(AssertionError):
     pipeline.copy_stem_classifier(other, teacher)
 
 

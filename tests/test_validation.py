@@ -1,11 +1,21 @@
 """validation.py: every config problem is one clear message before any compute."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
 import pytest
 
+from ban_jax import config_schema
 from ban_jax import pipeline
 from ban_jax import validation
 from ban_jax.reporting import paper_results
+from configs import default
 from configs import digits
+
+ROOT = pathlib.Path(__file__).parent.parent
 
 
 def _error(config) -> str:
@@ -15,12 +25,19 @@ def _error(config) -> str:
 
 
 def _set(config, path: str, value):
+  """`config` with `path` set to `value`, whatever the field's type (as a
+  config built from a dict, or a plain dict, may have it)."""
+  fields = config.to_dict()
   *parents, name = path.split(".")
-  node = config
+  node = fields
   for parent in parents:
     node = node[parent]
   node[name] = value
-  return config
+  return ml_collections.ConfigDict(fields)
+
+
+_DECAY_EPOCHS = ("config.optim.lr_decay_epochs must be a tuple of increasing "
+                 "integers >= 1, e.g. (60, 120, 160); ")
 
 
 @pytest.mark.parametrize("path,value,message", [
@@ -88,12 +105,50 @@ def _set(config, path: str, value):
     ("seeds", (0, 1.5), "Seeds must be non-negative integers, got 1.5"),
     ("model.dtype", "float8", "config.model.dtype: Unknown dtype 'float8': "
      "use 'auto', 'float32', 'bfloat16' or 'float16'."),
-    ("distill.dkpp_permutation", "epoch", "Unknown DKPP permutation "
-     "(config.distill.dkpp_permutation) 'epoch'. Valid choices: example, "
-     "step."),
+    # Issue 15: values that were taken and made no sense.
+    ("optim.lr_decay_epochs", (-5,), _DECAY_EPOCHS + "got (-5,)."),
+    ("optim.lr_decay_epochs", (0, 8), _DECAY_EPOCHS + "got (0, 8)."),
+    # A repeat would decay once, not twice; the order is the schedule's.
+    ("optim.lr_decay_epochs", (8, 8), _DECAY_EPOCHS + "got (8, 8)."),
+    ("optim.lr_decay_epochs", (12, 8), _DECAY_EPOCHS + "got (12, 8)."),
+    ("optim.lr_decay_epochs", (8.5,), _DECAY_EPOCHS + "got (8.5,)."),
+    # What --config.optim.lr_decay_epochs='(abc,)' gives: not a literal, so
+    # ml_collections keeps the text.
+    ("optim.lr_decay_epochs", ("(abc,)",),
+     _DECAY_EPOCHS + "got ('(abc,)',)."),
+    ("optim.lr_decay_epochs", 8, _DECAY_EPOCHS + "got 8."),
+    ("distill.label_weight", -1.0,
+     "config.distill.label_weight must be >= 0, got -1.0."),
+    ("distill.teacher_weight", -1.0,
+     "config.distill.teacher_weight must be >= 0, got -1.0."),
+    ("distill.attention_weight", float("nan"),
+     "config.distill.attention_weight must be finite, got nan."),
+    ("data.max_train_examples", -1,
+     "config.data.max_train_examples must be >= 0 (0: all), got -1."),
+    ("data.max_test_examples", -1,
+     "config.data.max_test_examples must be >= 0 (0: all), got -1."),
+    ("optim.learning_rate", float("inf"),
+     "config.optim.learning_rate must be finite, got inf."),
+    ("optim.weight_decay", float("inf"),
+     "config.optim.weight_decay must be finite, got inf."),
+    ("num_epochs", 2.0, "config.num_epochs must be an integer, got 2.0."),
+    ("seed", "0", "config.seed must be an integer, got '0'."),
+    ("optim.nesterov", 1, "config.optim.nesterov must be True or False, got "
+     "1."),
+    ("optim.momentum", True, "config.optim.momentum must be a number, got "
+     "True."),
+    ("data.data_dir", None, "config.data.data_dir must be a string, got "
+     "None."),
+    ("data.source", "", "Unknown data source (config.data.source) ''. "
+     "Valid choices: auto, tfds, archive."),
+    ("distill.dkpp_permutation", "batch",
+     "Unknown DKPP permutation (config.distill.dkpp_permutation) 'batch'. "
+     "Valid choices: example, step."),
 ])
 def test_impossible_values(path, value, message):
-  assert message in _error(_set(digits.get_config(), path, value))
+  error = _error(_set(digits.get_config(), path, value))
+  assert message in error
+  assert not error.startswith("The config has")  # One problem, told once.
 
 
 def test_unknown_paper_row_lists_the_valid_keys():
@@ -120,14 +175,14 @@ def test_misspelt_field_in_a_python_config():
 
 
 def test_flat_fields_and_seed_list():
-  assert validation.flat_fields(
+  assert config_schema.flat_fields(
       {"a": {"b": {"c": 1}, "d": 2}, "e": (3,)}) == {
           "a.b.c": 1, "a.d": 2, "e": (3,)}
   config = digits.get_config()
   config.seed = 4
-  assert validation.seed_list(config) == [4]
+  assert config_schema.seed_list(config) == [4]
   config.seeds = (2, 0)
-  assert validation.seed_list(config) == [2, 0]
+  assert config_schema.seed_list(config) == [2, 0]
 
 
 def test_a_new_field_is_a_warning_a_near_miss_an_error(caplog):
@@ -155,10 +210,8 @@ def test_the_train_batch_must_fit_in_the_train_split():
       "digits; use at most 63.")
 
 
-@pytest.mark.parametrize("padding,side", [(8, 8), (-1, 8), (True, 8),
-                                          (6, 6)])
-def test_crop_padding_must_be_an_integer_below_the_side(
-    monkeypatch, padding, side):
+@pytest.mark.parametrize("padding,side", [(8, 8), (6, 6)])
+def test_crop_padding_must_be_below_the_side(monkeypatch, padding, side):
   if side != 8:  # Non-square images: the shorter side bounds the padding.
     monkeypatch.setitem(validation.DATASET_SHAPES, "digits",
                         ((8, side, 1), 10))
@@ -169,6 +222,19 @@ def test_crop_padding_must_be_an_integer_below_the_side(
       f"config.data.crop_padding={padding!r}: the random crop pads each side "
       f"by this many pixels, so it must be an integer in [0, {side}) for "
       "digits; or set config.data.augment=False.")
+
+
+def test_crop_padding_is_a_non_negative_integer_even_without_augment():
+  # Its type and sign are the field's rule, augment or not; only its upper
+  # bound (the image side) waits for augment.
+  for augment in (True, False):
+    config = _set(digits.get_config(), "data.augment", augment)
+    assert _error(_set(config, "data.crop_padding", -1)) == (
+        "config.data.crop_padding must be >= 0, got -1.")
+    assert _error(_set(config, "data.crop_padding", True)) == (
+        "config.data.crop_padding must be an integer, got True.")
+  # Unused without augment: no upper bound.
+  validation.validate(_set(config, "data.crop_padding", 8))
 
 
 def test_a_model_whose_outputs_are_not_the_classes(monkeypatch):
@@ -222,6 +288,82 @@ def test_teacher_and_student_that_cannot_be_paired():
         "computed: ")
 
 
+_FOUR_PROBLEMS = (
+    "config.distill.label_weight must be >= 0, got -1.0.",
+    _DECAY_EPOCHS + "got (-5,).",
+    "config.optim.learning_rate must be finite, got inf.",
+    "config.data.max_test_examples must be >= 0 (0: all), got -1.",
+)
+
+
+def test_every_problem_at_once_one_line_each():
+  config = digits.get_config()
+  config.optim.learning_rate = float("inf")
+  config.distill.label_weight = -1.0
+  config.optim.lr_decay_epochs = (-5,)
+  config.data.max_test_examples = -1
+  lines = _error(config).splitlines()
+  assert lines[0] == "The config has 4 problems:"
+  assert sorted(lines[1:]) == sorted(f"  {p}" for p in _FOUR_PROBLEMS)
+
+
+def test_a_check_is_skipped_when_a_field_it_reads_is_wrong():
+  config = digits.get_config()
+  config.model.dtype = "float8"
+  config.model.name = "wrn_big"
+  config.batch_size = 0  # Its rule fails: divisibility is not checked.
+  message = _error(config)
+  # Not a third message from tracing the model with that name and dtype.
+  assert message.startswith("The config has 3 problems:\n"
+                            "  config.batch_size must be positive, got 0.\n"
+                            "  config.model.dtype: Unknown dtype 'float8'")
+  assert "\n  config.model.name: Unknown model 'wrn_big'." in message
+  # The model list under it is indented: one problem, one unindented line.
+  assert len([line for line in message.splitlines()[1:]
+              if not line.startswith("    ")]) == 3
+
+
+def test_a_missing_field_is_named():
+  fields = digits.get_config().to_dict()
+  del fields["distill"]["dkpp_permutation"]
+  assert _error(ml_collections.ConfigDict(fields)) == (
+      "config.distill.dkpp_permutation is missing; start a config from "
+      "configs/default.py's get_config(), which has every field.")
+
+
+def _main(*args):
+  return subprocess.run(
+      [sys.executable, "-m", "ban_jax.main", *args], cwd=ROOT,
+      capture_output=True, text=True, timeout=300,
+      env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+
+
+def test_the_command_line_lists_every_problem_before_any_compute(tmp_path):
+  workdir = tmp_path / "run"
+  run = _main("--config=configs/digits.py", f"--workdir={workdir}",
+              "--config.optim.learning_rate=inf",
+              "--config.distill.label_weight=-1",
+              "--config.optim.lr_decay_epochs=(-5,)",
+              "--config.data.max_test_examples=-1")
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert "Traceback" not in run.stderr
+  lines = run.stderr.splitlines()
+  start = lines.index("ERROR: The config has 4 problems:")
+  assert sorted(lines[start + 1:]) == sorted(f"  {p}" for p in _FOUR_PROBLEMS)
+  assert not workdir.exists()  # Refused before the workdir is made.
+
+
+def test_a_tuple_that_is_no_literal_is_one_line(tmp_path):
+  workdir = tmp_path / "run"
+  run = _main("--config=configs/digits.py", f"--workdir={workdir}",
+              "--config.optim.lr_decay_epochs=(abc,)")
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert "Traceback" not in run.stderr
+  assert run.stderr.splitlines()[-1] == (
+      "ERROR: " + _DECAY_EPOCHS + "got ('(abc,)',).")
+  assert not workdir.exists()  # Refused before the workdir is made.
+
+
 def test_run_validates_before_any_compute(tmp_path, monkeypatch):
   def no_data(_):
     raise AssertionError("loaded the data before validating the config")
@@ -237,6 +379,7 @@ def test_run_validates_before_any_compute(tmp_path, monkeypatch):
 
 def test_the_shipped_configs_are_valid():
   from configs import cifar100  # pylint: disable=g-import-not-at-top
+  validation.validate(default.get_config())
   validation.validate(digits.get_config())
   validation.validate(cifar100.get_config(
       "model=densenet90_60,student=densewrn1_1,share"))

@@ -75,9 +75,9 @@ def load_dataset(data_config) -> Dataset:
     raise ValueError(f"Unknown dataset {name!r}. Valid dataset names: "
                      f"{', '.join(DATASET_NAMES)}.")
   # cifar.load has capped the train split already, before sharding it.
-  train_cap = (data_config.get("max_train_examples", 0) or None
+  train_cap = (data_config.max_train_examples or None
                if name == "digits" else None)
-  test_cap = data_config.get("max_test_examples", 0) or None
+  test_cap = data_config.max_test_examples or None
   if train_cap or test_cap:
     dataset = dataclasses.replace(
         dataset,

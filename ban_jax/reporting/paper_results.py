@@ -240,7 +240,7 @@ def is_capped(config) -> bool:
 def columns_missing(row: PaperRow, config) -> list[str]:
   """The row's columns (BAN-k, Ens*k) that the config's run does not have."""
   generations = config.num_generations
-  sizes = tuple(config.get("ensemble_sizes", ()) or ()) or tuple(
+  sizes = tuple(config.ensemble_sizes) or tuple(
       range(2, generations + 1))
   shown = {"Teacher"} | {f"BAN-{g}" for g in range(1, generations + 1)} | {
       f"Ens*{k}" for k in sizes}
@@ -282,7 +282,7 @@ def mismatches(row: PaperRow, config) -> list[str]:
     out.append("model.dtype is 'float16', the paper's is float32")
   missing = columns_missing(row, config)
   if missing:
-    sizes = tuple(config.get("ensemble_sizes", ()) or ())
+    sizes = tuple(config.ensemble_sizes)
     out.append(f"num_generations is {config.num_generations}"
                + (f" and ensemble_sizes {sizes}" if sizes else "")
                + f": the paper's {', '.join(missing)} "

@@ -84,14 +84,6 @@ def process_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(PROCESS_AXIS))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size"):
-  num_devices = mesh.devices.size
-  if batch_size % num_devices:
-    raise ConfigError(
-        f"{what}={batch_size} is not divisible by the {num_devices} devices; "
-        f"use a multiple of {num_devices}.")
-
-
 def put_replicated(tree, mesh: Mesh):
   """Places a host pytree on every device of the mesh.
 

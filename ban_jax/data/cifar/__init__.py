@@ -132,17 +132,17 @@ def _request(name, data_config, process_index, process_count) -> _Request:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in "
                      f"[0, process_count={process_count}).")
-  archive_path = data_config.get("archive_path", None)
+  archive_path = data_config.archive_path
   data_dir, data_dir_origin = tfds_reader.resolve_data_dir(
-      data_config.get("data_dir", None))
+      data_config.data_dir)
   archive, looked = (archive_reader.find(spec, archive_path) if archive_path
                      else (None, []))
   return _Request(
       spec=spec, process_index=process_index, process_count=process_count,
       # A smoke run's cap applies to the whole split, before it is divided
       # between the hosts, so that N hosts train on the same examples as one.
-      train_cap=data_config.get("max_train_examples", 0) or None,
-      source=data_config.get("source", "auto") or "auto",
+      train_cap=data_config.max_train_examples or None,
+      source=data_config.source,
       archive_path=archive_path, archive=archive, looked=looked,
       data_dir=data_dir, data_dir_origin=data_dir_origin)
 
