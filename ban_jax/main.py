@@ -19,6 +19,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ban_jax import config_file
+from ban_jax.runtime import short_errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py[:arguments]).",
@@ -38,13 +39,16 @@ def _quiet_orbax(record) -> bool:
   """Drops Orbax's per-save INFO chatter; its warnings and errors still show.
 
   Orbax logs a failed write at several levels of its stack, each with the
-  same long traceback; its errors keep their one line here, and the
-  program's own last message says what failed and how to go on.
+  same long traceback and TensorStore's kilobytes of detail; its warnings
+  and errors keep one short line here (the rest goes to the debug log),
+  and the program's own last message says what failed and how to go on.
   """
   if "/orbax/" not in record.pathname:
     return True
   if record.levelno >= std_logging.ERROR:
     record.exc_info = record.exc_text = None
+  if record.levelno > std_logging.INFO:
+    short_errors.shorten_record(record)
   return record.levelno > std_logging.INFO
 
 
@@ -140,6 +144,26 @@ def config_file_message(argv: list[str]) -> str | None:
   return None
 
 
+def config_shape_message(config, path: str) -> str | None:
+  """Says why a config file that loads is not a whole config (not a
+  ConfigDict, fields missing), or None if it is one."""
+  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import ml_collections
+  from ban_jax import validation
+  # pylint: enable=g-import-not-at-top,import-outside-toplevel
+  if not isinstance(config, ml_collections.ConfigDict):
+    return (f"ERROR: config file {path!r}: get_config() returned a "
+            f"{type(config).__name__}, not an ml_collections.ConfigDict. "
+            "Build it as configs/digits.py does: config = "
+            "ml_collections.ConfigDict(), then set every field.")
+  missing = validation.missing_fields(config)
+  if missing:
+    return (f"ERROR: config file {path!r} lacks "
+            f"{validation.describe_missing(missing)}. Add them; "
+            "configs/digits.py sets every field.")
+  return None
+
+
 def _without_traceback(message: str) -> str:
   """ml_collections puts the config file's traceback into its flag error."""
   lines = [line for line in message.splitlines() if line.strip()]
@@ -198,10 +222,18 @@ def main(argv):
   from ban_jax import preemption
   from ban_jax import validation
   from ban_jax.data import cifar
+  from ban_jax.runtime import platforms
+  from ban_jax.runtime import workdir_lock
   # pylint: enable=g-import-not-at-top
+  shape = config_shape_message(
+      _CONFIG.value, config_flags.get_config_filename(flags.FLAGS["config"]))
+  if shape:
+    sys.exit(shape)
   try:
     distributed.initialize()
-  except ValueError as e:  # A partial or malformed multi-process setting.
+    platforms.check_backend()  # The first thing to touch the devices.
+  except (ValueError,  # A partial or malformed multi-process setting.
+          platforms.BackendUnavailableError) as e:
     sys.exit(f"ERROR: {e}")
   preemption.install()
   try:
@@ -210,7 +242,8 @@ def main(argv):
     print(f"STOPPED: {e}", file=sys.stderr, flush=True)
     sys.exit(e.exit_status)
   except (validation.ConfigError, FileNotFoundError, FloatingPointError,
-          pickle.UnpicklingError, cifar.UnreadableDataError) as e:
+          pickle.UnpicklingError, cifar.UnreadableDataError,
+          workdir_lock.WorkdirLockedError) as e:
     # The message says what went wrong, where, and how to go on.
     sys.exit(f"ERROR: {e}")
   except checkpoints.CheckpointWriteError as e:

@@ -54,6 +54,14 @@ KNOWN_FIELDS = (
     "compilation_cache_dir",
 )
 
+# Known fields that the code reads with a default: a config may leave them
+# out. Every other known field must be set.
+OPTIONAL_FIELDS = (
+    "seeds", "paper_row", "data.source", "data.data_dir", "data.archive_path",
+    "data.max_train_examples", "data.max_test_examples",
+    "student_dropout_rate", "xla_options", "compilation_cache_dir",
+)
+
 # (height, width, channels) and classes of each dataset, so that models can
 # be checked against it without loading it.
 DATASET_SHAPES = {
@@ -106,6 +114,41 @@ def check_fields(config, known=KNOWN_FIELDS) -> None:
     logging.warning("config.%s is not a field ban_jax knows; it is ignored "
                     "unless some code reads it (see validation.KNOWN_FIELDS).",
                     path)
+
+
+def missing_fields(config) -> list[str]:
+  """The required known fields that `config` does not set, in order."""
+  present = set(flat_fields(config)) if hasattr(config, "items") else set()
+  return [field for field in KNOWN_FIELDS
+          if field not in OPTIONAL_FIELDS and field not in present]
+
+
+def describe_missing(missing: list[str]) -> str:
+  """`data (the whole block: data.name, ...), num_epochs`: every field."""
+  blocks = {}
+  for field in missing:
+    blocks.setdefault(field.split(".")[0] if "." in field else field,
+                      []).append(field)
+  parts = []
+  for block, fields in blocks.items():
+    whole = [f for f in KNOWN_FIELDS
+             if f.startswith(block + ".") and f not in OPTIONAL_FIELDS]
+    if fields == [block]:
+      parts.append(block)
+    elif fields == whole:
+      parts.append(f"{block} (the whole block: {', '.join(fields)})")
+    else:
+      parts.extend(fields)
+  return ", ".join(parts)
+
+
+def check_required_fields(config) -> None:
+  """Fails, naming every one, if required fields are missing."""
+  missing = missing_fields(config)
+  if missing:
+    raise ConfigError(
+        f"The config lacks {describe_missing(missing)}. Add them; "
+        "configs/digits.py sets every field.")
 
 
 def _choice(what: str, value, valid) -> None:
@@ -284,7 +327,8 @@ def _models_take_the_dataset(config) -> None:
 
 def validate(config) -> None:
   """Raises ConfigError on the first value that cannot work."""
-  check_fields(config)
+  check_fields(config)  # First: a misspelt field is also a missing one.
+  check_required_fields(config)
   _choice("dataset (config.data.name)", config.data.name, DATASET_NAMES)
   _choice("data source (config.data.source)",
           config.data.get("source", "auto") or "auto", DATA_SOURCES)

@@ -202,9 +202,10 @@ def load(name: str, data_config, *, process_index: int | None = None,
                  data_dir, data_dir_origin)
     (train_x, train_y, test_x, test_y, label_names) = _load_tfds(
         spec, data_dir, process_index, process_count, train_cap,
-        not_found=lambda dataset_dir: _not_found(
-            spec, source, archive_path, looked, data_dir, data_dir_origin,
-            tfds_dataset_dir=dataset_dir))
+        not_found=lambda dataset_dir: _unreadable_data_dir(
+            spec, data_dir, data_dir_origin, dataset_dir) or _not_found(
+                spec, source, archive_path, looked, data_dir, data_dir_origin,
+                tfds_dataset_dir=dataset_dir))
 
   mean, std = channel_stats(train_x)
   if jax.process_count() > 1 and process_count == jax.process_count():
@@ -606,6 +607,35 @@ def restricted_load(file: BinaryIO | bytes, where: str) -> Any:
 # ---------------------------------------------------------------------------
 # The missing-data error.
 # ---------------------------------------------------------------------------
+
+
+def _unreadable_data_dir(spec, data_dir, data_dir_origin, dataset_dir
+                         ) -> UnreadableDataError | None:
+  """The error for a data_dir this user cannot read, or None.
+
+  TFDS cannot tell a folder it may not read from a missing one: both look
+  unprepared. Walks from data_dir down to the dataset's folder.
+  """
+  data_dir, dataset_dir = os.fspath(data_dir), os.fspath(dataset_dir)
+  if "://" in data_dir or not dataset_dir.startswith(data_dir):
+    return None
+  path = data_dir
+  below = os.path.relpath(dataset_dir, data_dir).split(os.sep)
+  for name in [*below, None]:
+    try:
+      entries = os.listdir(path)
+    except PermissionError:
+      return UnreadableDataError(
+          f"{spec.title}: TFDS data_dir={data_dir} (from {data_dir_origin}) "
+          f"cannot be read: permission denied on {path}. Make it readable "
+          f"(chmod -R a+rX {path}, or ask its owner), or point "
+          "config.data.data_dir at a readable copy.")
+    except OSError:
+      return None  # Missing, or not a folder: the not-found error says so.
+    if name is None or name == "." or name not in entries:
+      return None
+    path = os.path.join(path, name)
+  return None
 
 
 def _not_found(spec, source, archive_path, looked, data_dir, data_dir_origin,

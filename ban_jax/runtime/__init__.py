@@ -1,0 +1,1 @@
+"""Runtime: what a run needs besides the learning itself (devices, files, signals)."""
