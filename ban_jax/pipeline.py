@@ -337,6 +337,9 @@ def run(config, workdir: str) -> dict[str, Any]:
   `results["over_seeds"]` each column's mean and std over seeds, and
   `results["generations"]` / `["ensembles"]` the first seed's (what a
   single-seed run reports).
+
+  Raises:
+    workdir_lock.WorkdirLockedError: another run holds `workdir`.
   """
   validation.validate(config)
   preemption.reset()  # A request that stopped an earlier run in this process.

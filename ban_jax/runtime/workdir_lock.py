@@ -189,8 +189,8 @@ def _create(path: str, record: dict) -> bool:
   """Makes the lock file `path` hold `record`, unless it exists."""
   data = (json.dumps(record, indent=1) + "\n").encode()
   temp = f"{path}.{record['run_id']}.tmp"
-  _write_new(temp, data)
   try:
+    _write_new(temp, data)
     try:
       os.link(temp, path)
       return True
