@@ -124,3 +124,24 @@ def parse_flags(argv: list[str]) -> list[str]:
     if message is None:
       raise
     sys.exit(message)
+
+
+def check_complete(config, path: str) -> None:
+  """Raises ConfigError naming `path` if its get_config() did not return a
+  whole config: not a ConfigDict, or fields of the schema missing."""
+  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import ml_collections
+  from ban_jax import config_schema
+  from ban_jax import errors
+  # pylint: enable=g-import-not-at-top,import-outside-toplevel
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise errors.ConfigError(
+        f"config file {path!r}: get_config() returned a "
+        f"{type(config).__name__}, not an ml_collections.ConfigDict. Start "
+        "it from configs/default.py's get_config(), which has every field.")
+  missing = config_schema.missing_fields(config)
+  if missing:
+    raise errors.ConfigError(
+        f"config file {path!r} lacks "
+        f"{config_schema.describe_missing(missing)}. Start it from "
+        "configs/default.py's get_config(), which has every field.")

@@ -78,6 +78,30 @@ KNOWN_FIELDS = tuple(flat_fields(defaults()))
 RERUN_SAFE_FIELDS = tuple(_DEFAULT.RERUN_SAFE_FIELDS)
 
 
+def missing_fields(config) -> list[str]:
+  """The schema's fields that `config` does not set, in schema order."""
+  present = set(flat_fields(config)) if hasattr(config, "items") else set()
+  return [field for field in KNOWN_FIELDS if field not in present]
+
+
+def describe_missing(missing: list[str]) -> str:
+  """`data (the whole block: data.name, ...), num_epochs`: a whole missing
+  block is named once, so a lost block is one short phrase, not 9 lines."""
+  blocks = {}
+  for field in missing:
+    blocks.setdefault(field.partition(".")[0], []).append(field)
+  parts = []
+  for block, fields in blocks.items():
+    whole = [f for f in KNOWN_FIELDS if f.startswith(block + ".")]
+    if fields == [block]:
+      parts.append(block)
+    elif fields == whole:
+      parts.append(f"{block} (the whole block: {', '.join(fields)})")
+    else:
+      parts.extend(fields)
+  return ", ".join(parts)
+
+
 _TYPE_NAMES = {bool: "True or False", int: "an integer", float: "a number",
                str: "a string", tuple: "a tuple"}
 

@@ -41,11 +41,15 @@ def main(argv):
   from ban_jax import pipeline
   from ban_jax.runtime import distributed
   from ban_jax.runtime import logs
+  from ban_jax.runtime import platforms
   from ban_jax.runtime import preemption
   # pylint: enable=g-import-not-at-top
   logs.install()
   try:
+    config_file.check_complete(
+        _CONFIG.value, config_flags.get_config_filename(flags.FLAGS["config"]))
     distributed.initialize()
+    platforms.check_backend()  # The first thing to touch the devices.
     preemption.install()
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except preemption.StopRequested as e:

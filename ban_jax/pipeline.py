@@ -29,9 +29,13 @@ from ban_jax.reporting import paper_results
 from ban_jax.reporting import report
 from ban_jax.runtime import checkpoints
 from ban_jax.runtime import compilation
+from ban_jax.runtime import files
 from ban_jax.runtime import metrics_writer
 from ban_jax.runtime import parallel
 from ban_jax.runtime import preemption
+from ban_jax.runtime import run_settings
+from ban_jax.runtime import workdir_lock
+
 
 
 @dataclasses.dataclass
@@ -130,42 +134,42 @@ def _has_trained(workdir: epath.Path) -> bool:
 def _check_workdir_config(workdir: epath.Path, config) -> None:
   """Refuses to mix generations trained with different settings.
 
-  A workdir's config.json binds it only once something was trained there:
-  a run that stopped before its first checkpoint (missing data, a batch
-  that does not fit) leaves nothing to protect, so the corrected rerun
-  replaces it.
+  The settings a workdir holds are those its checkpoints were trained with
+  (each carries its run's config) and config.json, which a rerun compares
+  first; a difference is refused, naming the fields that differ. A
+  config.json that is missing or damaged is rebuilt from the checkpoints;
+  where they carry no config (older checkpoints), it is refused instead.
+  A workdir binds only once something was trained there: a run that
+  stopped before its first checkpoint (missing data, a batch that does not
+  fit) leaves nothing to protect, so the corrected rerun replaces it.
   """
   path = workdir / "config.json"
   current = _settings(config.to_dict())
-  if path.exists():
-    try:
-      saved = _settings(json.loads(path.read_text()))
-    except ValueError as e:  # Edited, or cut short by an older version.
-      if _has_trained(workdir):
-        raise errors.ConfigError(
-            f"{path} cannot be read ({e}), so the settings of the "
-            f"generations trained in {workdir} cannot be checked. Restore it "
-            "(results.json keeps a copy under \"config\" once a run has "
-            "finished), or use a new --workdir.") from None
-      logging.warning("%s cannot be read (%s); nothing was trained there "
-                      "yet, so it is replaced.", path, e)
-    else:
-      if saved == current:
-        return
-      changed = sorted(k for k in set(saved) | set(current)
-                       if saved.get(k) != current.get(k))
-      if _has_trained(workdir):
-        described = "; ".join(
-            f"{k}: {saved.get(k, '(unset)')!r} there, "
-            f"{current.get(k, '(unset)')!r} now" for k in changed)
-        raise errors.ConfigError(
-            f"{workdir} holds generations trained with other settings "
-            f"({described}). Use a new --workdir, or rerun with the "
-            f"settings in {path}.")
-      logging.info("%s trained nothing yet; its config.json is replaced "
-                   "(changed: %s).", workdir, ", ".join(changed))
+  saved_config, problem = run_settings.read_config(path)
+  saved_config = run_settings.bind_to_checkpoints(
+      workdir, path, saved_config, problem, _settings)
+  if saved_config is not None:
+    saved = _settings(saved_config)
+    if saved == current:
+      return
+    changed = run_settings.differences(saved, current)
+    if _has_trained(workdir):
+      raise errors.ConfigError(
+          f"{workdir} holds generations trained with other settings "
+          f"({changed}). Use a new --workdir, or rerun with the settings in "
+          f"{path}.")
+    logging.info("%s trained nothing yet; its config.json is replaced "
+                 "(changed: %s).", workdir, changed)
+  elif _has_trained(workdir):
+    raise errors.ConfigError(
+        f"{path} {problem}, so the settings of the generations trained in "
+        f"{workdir} cannot be checked. Restore it (results.json keeps a copy "
+        "under \"config\" once a run has finished), or use a new --workdir.")
+  elif problem != "is missing":
+    logging.warning("%s %s; nothing was trained there yet, so it is "
+                    "replaced.", path, problem)
   if jax.process_index() == 0:
-    report.write_atomically(path, json.dumps(config.to_dict(), indent=2)
+    files.write_atomically(path, json.dumps(config.to_dict(), indent=2)
                             + "\n")
 
 
@@ -212,12 +216,14 @@ def _each(*callbacks):
 def run_generation(config, index: int, teacher: Generation | None,
                    data: train.DeviceData, mesh, gen_dir: epath.Path,
                    trainers: dict | None = None,
-                   on_epoch: Callable[[dict[str, Any]], None] | None = None
-                   ) -> Generation:
+                   on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                   run_config: dict[str, Any] | None = None) -> Generation:
   """Trains (or loads, if finished) generation `index` of the chain.
 
   `on_epoch`, if given, gets each epoch's record after the progress line is
-  logged (the pipeline passes a TensorBoard writer's).
+  logged (the pipeline passes a TensorBoard writer's). Each checkpoint
+  carries `run_config` (default: `config`'s), the run's config as
+  config.json has it.
   """
   name = model_name(config, index)
   share = index > 0 and config.share_stem_classifier
@@ -226,7 +232,9 @@ def run_generation(config, index: int, teacher: Generation | None,
   student = trainer.student
   gen_rng = jax.random.fold_in(jax.random.key(config.seed), index)
   init_rng, train_rng = jax.random.split(gen_rng)
-  ckpt = checkpoints.GenerationCheckpoints(gen_dir / "checkpoints")
+  ckpt = checkpoints.GenerationCheckpoints(
+      gen_dir / "checkpoints",
+      config=config.to_dict() if run_config is None else run_config)
   result_path = gen_dir / "result.json"
   restored = ckpt.restore_latest(trainer.abstract_state())
   if restored is not None:
@@ -274,7 +282,7 @@ def run_generation(config, index: int, teacher: Generation | None,
       "test_metrics": metrics, "history": progress.get("history", []),
   }
   if jax.process_index() == 0:
-    report.write_atomically(result_path, json.dumps(result, indent=2) + "\n")
+    files.write_atomically(result_path, json.dumps(result, indent=2) + "\n")
   logging.info("Generation %d (%s, %s): test error %.2f%%.", index, name,
                result["loss"], result["test_error"])
   return Generation(index, student, state.variables, logits, result)
@@ -302,8 +310,11 @@ def _config_for_seed(config, seed: int):
 
 
 def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
-              trainers: dict) -> list[Generation]:
+              trainers: dict, run_config: dict[str, Any] | None = None
+              ) -> list[Generation]:
   """Generations 0..G of one seed (config.seed), trained or loaded.
+
+  `run_config`: the run's config, saved with every checkpoint.
 
   TensorBoard scalars of generation g go to
   `<workdir>/tensorboard/seed_<s>/gen_<g>` (process 0 only).
@@ -317,7 +328,8 @@ def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
     try:
       generations.append(run_generation(
           config, index, teacher, data, mesh, seed_dir / f"gen_{index}",
-          trainers, on_epoch=metrics_writer.epoch_callback(writer)))
+          trainers, on_epoch=metrics_writer.epoch_callback(writer),
+          run_config=run_config))
     finally:
       writer.close()
   return generations
@@ -345,17 +357,34 @@ def run(config, workdir: str) -> dict[str, Any]:
   `results["over_seeds"]` each column's mean and std over seeds, and
   `results["generations"]` / `["ensembles"]` the first seed's (what a
   single-seed run reports).
+
+  Raises:
+    workdir_lock.WorkdirLockedError: another run holds `workdir`.
   """
   validation.validate(config)
   preemption.reset()  # A request that stopped an earlier run in this process.
   workdir = epath.Path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise _unusable(workdir, e) from None
+  # One run at a time writes a workdir: from the settings check to results.
+  with workdir_lock.hold(workdir):
+    return _run_holding(config, workdir)
+
+
+def _unusable(workdir: epath.Path, error: OSError) -> errors.ConfigError:
+  return errors.ConfigError(
+      f"Cannot use --workdir={workdir}: {error}. Name a folder you can write "
+      "(it is made if missing).")
+
+
+def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
+  """`run`, in a workdir this run holds."""
+  try:
     _check_workdir_config(workdir, config)
   except OSError as e:
-    raise errors.ConfigError(
-        f"Cannot use --workdir={workdir}: {e}. Name a folder you can write "
-        "(it is made if missing).") from None
+    raise _unusable(workdir, e) from None
   compilation.enable(config.compilation_cache_dir, workdir)
   dataset = load_dataset(config.data)
   mesh = parallel.make_mesh()
@@ -369,7 +398,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     if len(run_seeds) > 1:
       logging.info("Seed %d (%d of %d).", seed, i + 1, len(run_seeds))
     seed_config = _config_for_seed(config, seed)
-    generations = run_chain(seed_config, data, mesh, workdir, trainers)
+    generations = run_chain(seed_config, data, mesh, workdir, trainers,
+                            run_config=config.to_dict())
     per_seed.append({
         "seed": seed,
         "generations": [g.result for g in generations],

@@ -75,11 +75,16 @@ def _rule_problems(config) -> dict[str, str]:
   """Field -> what is wrong with it, by `config_schema.RULES`."""
   flat = config_schema.flat_fields(config)
   problems = {}
+  missing = config_schema.missing_fields(config)
+  if missing:
+    # One line for all of them, keyed by the first; the others are marked
+    # failed too (empty), so that no check reads them.
+    problems = dict.fromkeys(missing, "")
+    problems[missing[0]] = (
+        f"The config lacks {config_schema.describe_missing(missing)}. Start "
+        "it from configs/default.py's get_config(), which has every field.")
   for field, rule in config_schema.RULES.items():
-    if field not in flat:
-      problems[field] = (
-          f"config.{field} is missing; start a config from "
-          "configs/default.py's get_config(), which has every field.")
+    if field in missing:
       continue
     problem = rule.problem(field, flat[field])
     if problem:
@@ -334,7 +339,7 @@ def validate(config) -> None:
   """Raises one ConfigError that lists every problem of `config`."""
   problems = _field_name_problems(config)
   by_field = _rule_problems(config)
-  problems += by_field.values()
+  problems += [p for p in by_field.values() if p]
   failed = set(by_field)
   for about, reads, check in _CHECKS:
     if failed.intersection(about + reads):

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from ban_jax.runtime import files
+
 
 def generation_label(generation: int) -> str:
   return "Teacher" if generation == 0 else f"BAN-{generation}"
@@ -194,28 +196,13 @@ def plot(results: dict[str, Any]) -> bytes:
   return buffer.getvalue()
 
 
-def write_atomically(path: epath.Path, data: str | bytes) -> None:
-  """A run killed while writing leaves the old file, never half a new one.
-
-  A file that already holds `data` is left alone: rerunning a finished
-  chain then writes no result, so it also runs on a read-only copy.
-  """
-  if isinstance(data, str):
-    data = data.encode("utf-8")
-  if path.exists() and path.read_bytes() == data:
-    return
-  tmp = path.parent / f".{path.name}.tmp"
-  tmp.write_bytes(data)
-  tmp.replace(path)
-
-
 def write(workdir: epath.Path, results: dict[str, Any]) -> None:
   """results.json, results.md and results.png in `workdir`."""
   workdir = epath.Path(workdir)
-  write_atomically(workdir / "results.json",
+  files.write_atomically(workdir / "results.json",
                    json.dumps(results, indent=2, default=_jsonable) + "\n")
-  write_atomically(workdir / "results.md", markdown(results))
-  write_atomically(workdir / "results.png", plot(results))
+  files.write_atomically(workdir / "results.md", markdown(results))
+  files.write_atomically(workdir / "results.png", plot(results))
 
 
 def _jsonable(x):

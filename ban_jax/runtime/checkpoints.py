@@ -4,7 +4,9 @@ Each generation has its own CheckpointManager under
 `<workdir>/seed_<s>/gen_<g>/checkpoints`. A checkpoint holds two items:
 `state` (the student's TrainState; the teacher is never re-saved with it)
 and `progress` (the epoch history and the running sums of the current
-epoch, so that a resumed run logs exactly what an uninterrupted one would).
+epoch, so that a resumed run logs exactly what an uninterrupted one would)
+and, under `CONFIG_KEY`, the config of the run that saved it: the settings
+the generation was trained with, kept with it even if config.json is lost.
 Orbax writes each step to a temporary folder and renames it when complete,
 so a crash mid-save leaves the previous checkpoint as the latest; one that
 is complete on disk but unreadable (or holds NaN/inf) is skipped with a
@@ -28,6 +30,10 @@ from jax.experimental import multihost_utils
 
 from ban_jax.errors import CheckpointWriteError
 from ban_jax.errors import NonFiniteStateError
+from ban_jax.runtime import short_errors
+
+# The run's config in each checkpoint's `progress` item.
+CONFIG_KEY = "config"
 
 
 # TensorStore, which writes Orbax's arrays, reports I/O failures as a
@@ -60,8 +66,11 @@ def is_finite(tree) -> bool:
 class GenerationCheckpoints:
   """Save and restore the checkpoints of one generation."""
 
-  def __init__(self, directory: str | epath.Path, max_to_keep: int = 2):
+  def __init__(self, directory: str | epath.Path, max_to_keep: int = 2,
+               config: dict[str, Any] | None = None):
+    """`config`, if given, is saved with every checkpoint (as JSON)."""
     self.directory = epath.Path(directory)
+    self._config = None if config is None else json.loads(json.dumps(config))
     if "://" not in str(directory):
       # Orbax's TensorStore backend needs absolute local paths.
       self.directory = self.directory.resolve()
@@ -106,6 +115,8 @@ class GenerationCheckpoints:
     # Orbax writes the JSON later, in a background thread, while the caller
     # goes on updating `progress`: save a snapshot of it as it is now.
     snapshot = json.loads(json.dumps(progress))
+    if self._config is not None:
+      snapshot[CONFIG_KEY] = self._config
     with self._write_failures_explained():
       self._manager.save(
           step, force=True,
@@ -134,9 +145,14 @@ class GenerationCheckpoints:
         problem = None
       except Exception as e:  # pylint: disable=broad-except
         problem = f"{type(e).__name__}: {e}"
+        # TensorStore's errors end in the store's spec, 60 lines.
+        logging.debug("Checkpoint %s/%d: %s", self.directory, step, problem)
+        problem = short_errors.one_line(problem)
       problem = _problem_anywhere(problem)
       if problem is None:
-        found = step, restored.state, dict(restored.progress)
+        progress = dict(restored.progress)
+        progress.pop(CONFIG_KEY, None)  # Saved from the constructor's.
+        found = step, restored.state, progress
         break
       logging.warning(
           "Checkpoint %s/%d is unreadable (%s); moving it to %s/%d.unreadable "
@@ -194,8 +210,10 @@ class GenerationCheckpoints:
       resume = ("this generation has no complete checkpoint yet and will "
                 "start again" if last is None else
                 f"this generation will resume from step {last}")
+      logging.debug("Checkpoint write failed: %s", e)
       raise CheckpointWriteError(
-          f"Could not write a checkpoint in {self.directory}: {e}. Nothing "
+          f"Could not write a checkpoint in {self.directory}: "
+          f"{short_errors.one_line(str(e))}. Nothing "
           f"already saved is lost: finished generations are kept and {resume}"
           ". Free some space (or fix the folder's permissions or quota) and "
           "rerun the same command.") from e

@@ -11,6 +11,8 @@ import sys
 
 from absl import logging
 
+from ban_jax.runtime import short_errors
+
 
 def install() -> None:
   """Filters Orbax's chatter from absl's log and its echoes from stderr."""
@@ -22,13 +24,16 @@ def quiet_orbax(record) -> bool:
   """Drops Orbax's per-save INFO chatter; its warnings and errors still show.
 
   Orbax logs a failed write at several levels of its stack, each with the
-  same long traceback; its errors keep their one line here, and the
-  program's own last message says what failed and how to go on.
+  same long traceback and TensorStore's kilobytes of detail; its warnings
+  and errors keep one short line here (the rest goes to the debug log),
+  and the program's own last message says what failed and how to go on.
   """
   if "/orbax/" not in record.pathname:
     return True
   if record.levelno >= std_logging.ERROR:
     record.exc_info = record.exc_text = None
+  if record.levelno > std_logging.INFO:
+    short_errors.shorten_record(record)
   return record.levelno > std_logging.INFO
 
 

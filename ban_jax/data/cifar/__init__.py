@@ -113,7 +113,16 @@ class _Request:
   data_dir_origin: str  # Which setting chose data_dir, for messages.
 
   def not_found(self, tfds_dataset_dir: str | None = None):
-    """The missing-data error; `tfds_dataset_dir` None: TFDS not tried."""
+    """The missing-data error; `tfds_dataset_dir` None: TFDS not tried.
+
+    A data_dir this user may not read looks unprepared to TFDS too: that
+    gets its own error, which says so.
+    """
+    if tfds_dataset_dir is not None:
+      unreadable = missing.unreadable_data_dir(
+          self.spec, self.data_dir, self.data_dir_origin, tfds_dataset_dir)
+      if unreadable is not None:
+        return unreadable
     return missing.not_found(self.spec, self.source, self.archive_path,
                              self.looked, self.data_dir, self.data_dir_origin,
                              tfds_dataset_dir)

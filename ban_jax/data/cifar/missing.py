@@ -4,8 +4,11 @@ It lists every place the loader looked (the archive, TFDS) and the commands
 that put the data there, so a first run on a new machine needs no reading.
 """
 
+import os
+
 from ban_jax.data.cifar.specs import CIFAR_URL, Spec
 from ban_jax.errors import DataNotFoundError
+from ban_jax.errors import UnreadableDataError
 
 
 def not_found(spec: Spec, source, archive_path, looked, data_dir,
@@ -57,3 +60,32 @@ def not_found(spec: Spec, source, archive_path, looked, data_dir,
       f"{spec.folder} works too).",
   ]
   return DataNotFoundError("\n".join(lines))
+
+
+def unreadable_data_dir(spec: Spec, data_dir, data_dir_origin, dataset_dir
+                        ) -> UnreadableDataError | None:
+  """The error for a data_dir this user cannot read, or None.
+
+  TFDS cannot tell a folder it may not read from a missing one: both look
+  unprepared. Walks from data_dir down to the dataset's folder.
+  """
+  data_dir, dataset_dir = os.fspath(data_dir), os.fspath(dataset_dir)
+  if "://" in data_dir or not dataset_dir.startswith(data_dir):
+    return None
+  path = data_dir
+  below = os.path.relpath(dataset_dir, data_dir).split(os.sep)
+  for name in [*below, None]:
+    try:
+      entries = os.listdir(path)
+    except PermissionError:
+      return UnreadableDataError(
+          f"{spec.title}: TFDS data_dir={data_dir} (from {data_dir_origin}) "
+          f"cannot be read: permission denied on {path}. Make it readable "
+          f"(chmod -R a+rX {path}, or ask its owner), or point "
+          "config.data.data_dir at a readable copy.")
+    except OSError:
+      return None  # Missing, or not a folder: the not-found error says so.
+    if name is None or name == "." or name not in entries:
+      return None
+    path = os.path.join(path, name)
+  return None
