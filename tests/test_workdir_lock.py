@@ -276,7 +276,7 @@ def test_on_several_hosts_process_0_locks_and_all_refuse_together(
 def _two_host_worker(workdir: str, out_dir: str) -> None:
   """One of two processes: holds the workdir, then finds it held."""
   # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from ban_jax import distributed
+  from ban_jax.runtime import distributed
   distributed.initialize()
   # pylint: enable=g-import-not-at-top,import-outside-toplevel
   index = jax.process_index()
