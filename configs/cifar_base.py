@@ -1,11 +1,11 @@
 """The paper's CIFAR recipe, shared by configs/cifar10.py and cifar100.py.
 
-Training settings are the Wide-ResNet recipe the paper points to
-(../shared/PAPER.md, "Training settings"): SGD with Nesterov momentum 0.9,
-lr 0.1 x0.2 at epochs 60, 120 and 160 of 200, batch 128, weight decay 5e-4,
-dropout 0.3 inside Wide-ResNet blocks, 4-pixel reflect-padded random crop and
-horizontal flip, per-channel mean/std normalisation; three born-again
-generations, BAN (teacher cross-entropy, T = 1).
+Training settings are the Wide-ResNet recipe that the paper's training
+settings point to: SGD with Nesterov momentum 0.9, lr 0.1 x0.2 at epochs
+60, 120 and 160 of 200, batch 128, weight decay 5e-4, dropout 0.3 inside
+Wide-ResNet blocks, 4-pixel reflect-padded random crop and horizontal flip,
+per-channel mean/std normalisation; three born-again generations, BAN
+(teacher cross-entropy, T = 1).
 
 The config argument (after the file name and a colon) is a comma-separated
 list of `key=value` settings and flags:
@@ -111,8 +111,9 @@ def cifar_config(dataset: str, argument: str | None
   # on the 10k test images costs a few percent of a training epoch.
   config.eval_every_epochs = 1
   config.checkpoint_every_steps = 0
-  # Train steps per compiled call (a scan on GPU/TPU): on an H200, 10 took
-  # ResNet-18 from 30k to 39k img/s by removing per-call launch gaps.
+  # Train steps per compiled call (a scan on GPU/TPU): fewer calls leave
+  # fewer launch gaps between steps, which dominate small models' steps on
+  # a GPU (docs/performance.md).
   config.steps_per_call = 10
   # XLA options of the train step, 'name=value;...' (see train.py).
   config.xla_options = ""

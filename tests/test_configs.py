@@ -1,9 +1,9 @@
 """The shipped config files: every value, the argument and its errors.
 
-The CIFAR values are the paper's (../shared/PAPER.md, "Training settings",
-the Wide-ResNet recipe); the digits values made README's digits table. Each
-config is compared whole, so that a changed or a new field is a decision
-taken here as well.
+The CIFAR values are the paper's (its training settings, the Wide-ResNet
+recipe); the digits values made README's digits table. Each config is
+compared whole, so that a changed or a new field is a decision taken here
+as well.
 """
 
 import pytest

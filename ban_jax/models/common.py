@@ -5,7 +5,6 @@ asked otherwise) while its parameters and batch-norm statistics stay float32,
 and returns float32 logits so that losses never run in half precision.
 """
 
-import functools
 from typing import Any, Callable
 
 import jax
@@ -77,5 +76,3 @@ def residual_stages(module: nn.Module, x: jax.Array, stage_sizes, widths,
     module.sow("intermediates", f"stage{stage}_out", x)
   return x
 
-
-partial = functools.partial
