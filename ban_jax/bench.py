@@ -1,7 +1,7 @@
 """`python -m ban_jax.bench`: the benchmark's short name.
 
-The project's documents and the peer comparison (../shared/bench) call the
-benchmark by this name; the code lives in `ban_jax.tools.bench`.
+The benchmark lives in `ban_jax.tools.bench`; instructions written for the
+peer comparison before it moved there still call it by this name.
 """
 
 from ban_jax.tools.bench import main

@@ -213,6 +213,60 @@ def _each(*callbacks):
   return call
 
 
+def _restore_or_init(trainer: train.GenerationTrainer, index: int,
+                     teacher: Generation | None, share: bool, init_rng,
+                     ckpt: checkpoints.GenerationCheckpoints,
+                     gen_dir: epath.Path
+                     ) -> tuple[train.TrainState, dict[str, Any]]:
+  """The generation's latest checkpoint, or a fresh student: (state,
+  progress)."""
+  restored = ckpt.restore_latest(trainer.abstract_state())
+  if restored is not None:
+    step, state, progress = restored
+    if step < trainer.total_steps:
+      logging.info("Generation %d: resuming from checkpoint step %d of %d.",
+                   index, step, trainer.total_steps)
+    else:
+      logging.info("Generation %d: finished earlier; loaded from its final "
+                   "checkpoint (step %d).", index, step)
+    return state, progress
+  result_path = gen_dir / "result.json"
+  if result_path.exists():
+    raise errors.WorkdirError(
+        f"Generation {index} is marked finished ({result_path}) but has no "
+        f"readable checkpoint in {ckpt.directory}; delete {gen_dir} to "
+        "retrain it.")
+  state = trainer.init_state(init_rng)
+  if share:
+    state = state.replace(params=copy_stem_classifier(
+        state.params, parallel.fetch(teacher.variables["params"])))
+  return state, {}
+
+
+def _record_result(config, index: int, trainer: train.GenerationTrainer,
+                   state: train.TrainState, teacher: Generation | None,
+                   data: train.DeviceData, progress: dict[str, Any],
+                   gen_dir: epath.Path) -> Generation:
+  """Evaluates the trained generation and writes its result.json."""
+  name = model_name(config, index)
+  teacher_logits = teacher.test_logits if teacher else None
+  logits = train.test_logits(trainer, trainer.student, state.variables, data)
+  metrics = train.evaluate(data, logits, teacher_logits)
+  result = {
+      "generation": index, "name": report.generation_label(index),
+      "model": name, "loss": loss_name(config, index),
+      "test_accuracy": metrics["test_accuracy"],
+      "test_error": 100.0 - metrics["test_accuracy"],
+      "test_metrics": metrics, "history": progress.get("history", []),
+  }
+  if jax.process_index() == 0:
+    files.write_atomically(gen_dir / "result.json",
+                            json.dumps(result, indent=2) + "\n")
+  logging.info("Generation %d (%s, %s): test error %.2f%%.", index, name,
+               result["loss"], result["test_error"])
+  return Generation(index, trainer.student, state.variables, logits, result)
+
+
 def run_generation(config, index: int, teacher: Generation | None,
                    data: train.DeviceData, mesh, gen_dir: epath.Path,
                    trainers: dict | None = None,
@@ -225,37 +279,17 @@ def run_generation(config, index: int, teacher: Generation | None,
   carries `run_config` (default: `config`'s), the run's config as
   config.json has it.
   """
-  name = model_name(config, index)
   share = index > 0 and config.share_stem_classifier
-  trainer = _trainer({} if trainers is None else trainers, config, name,
+  trainer = _trainer({} if trainers is None else trainers, config,
+                     model_name(config, index),
                      teacher.module if teacher else None, share, data, mesh)
-  student = trainer.student
   gen_rng = jax.random.fold_in(jax.random.key(config.seed), index)
   init_rng, train_rng = jax.random.split(gen_rng)
   ckpt = checkpoints.GenerationCheckpoints(
       gen_dir / "checkpoints",
       config=config.to_dict() if run_config is None else run_config)
-  result_path = gen_dir / "result.json"
-  restored = ckpt.restore_latest(trainer.abstract_state())
-  if restored is not None:
-    step, state, progress = restored
-    if step < trainer.total_steps:
-      logging.info("Generation %d: resuming from checkpoint step %d of %d.",
-                   index, step, trainer.total_steps)
-    else:
-      logging.info("Generation %d: finished earlier; loaded from its final "
-                   "checkpoint (step %d).", index, step)
-  else:
-    if result_path.exists():
-      raise errors.WorkdirError(
-          f"Generation {index} is marked finished ({result_path}) but has no "
-          f"readable checkpoint in {ckpt.directory}; delete {gen_dir} to "
-          "retrain it.")
-    state, progress = trainer.init_state(init_rng), {}
-    if share:
-      state = state.replace(params=copy_stem_classifier(
-          state.params, parallel.fetch(teacher.variables["params"])))
-  teacher_logits = teacher.test_logits if teacher else None
+  state, progress = _restore_or_init(trainer, index, teacher, share,
+                                     init_rng, ckpt, gen_dir)
   try:
     if int(parallel.fetch(state.step)) < trainer.total_steps:
       stop = preemption.requested()  # Arrived after the last train steps.
@@ -267,25 +301,13 @@ def run_generation(config, index: int, teacher: Generation | None,
       state, progress = train.fit(
           trainer, state, teacher.variables if teacher else None, data,
           train_rng, ckpt, progress, generation=index,
-          teacher_test_logits=teacher_logits,
+          teacher_test_logits=teacher.test_logits if teacher else None,
           on_epoch=_each(_log_epoch(index, config.num_epochs), on_epoch))
   finally:
     # Whatever stops the run, the checkpoint being written is finished.
     ckpt.close()
-  logits = train.test_logits(trainer, student, state.variables, data)
-  metrics = train.evaluate(trainer, data, logits, teacher_logits)
-  result = {
-      "generation": index, "name": report.generation_label(index),
-      "model": name, "loss": loss_name(config, index),
-      "test_accuracy": metrics["test_accuracy"],
-      "test_error": 100.0 - metrics["test_accuracy"],
-      "test_metrics": metrics, "history": progress.get("history", []),
-  }
-  if jax.process_index() == 0:
-    files.write_atomically(result_path, json.dumps(result, indent=2) + "\n")
-  logging.info("Generation %d (%s, %s): test error %.2f%%.", index, name,
-               result["loss"], result["test_error"])
-  return Generation(index, student, state.variables, logits, result)
+  return _record_result(config, index, trainer, state, teacher, data,
+                        progress, gen_dir)
 
 
 def ensembles(config, generations: list[Generation],

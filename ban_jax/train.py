@@ -7,7 +7,10 @@ logits. `GenerationTrainer.train_steps` composes it, inside one compiled
 program, with everything else a step needs: the batch's indices taken from
 the device-resident epoch permutation, the gather from the device-resident
 dataset, augmentation from the step's RNG, and the teacher's inference-mode
-forward pass. Nothing crosses between host and device inside an epoch.
+forward pass (`input_batch` is the input part, which
+`python -m ban_jax.tools.bench_input` times alone). Nothing crosses between
+host and device inside an epoch: `run_epoch` runs one, for `fit` and for
+the benchmark (`python -m ban_jax.tools.bench`) alike.
 """
 
 import dataclasses
@@ -222,6 +225,57 @@ def put_dataset(dataset: Dataset, mesh: Mesh, eval_batch_size: int
                     dataset.mean, dataset.std, dataset.num_classes)
 
 
+# ------------------------------------------------------------------- input
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def epoch_permutation(rng: jax.Array, num_examples: int) -> jax.Array:
+  """One epoch's order of the examples: a permutation of range(N), int32.
+
+  Step s of the epoch trains on the s-th block of `batch_size` indices
+  (`batch_indices`); the last `N % batch_size` indices, a different few
+  each epoch, are left out. int32 whatever jax_enable_x64 says, as
+  `dynamic_slice` and the gathers take them.
+  """
+  return jax.random.permutation(rng, num_examples).astype(jnp.int32)
+
+
+def batch_indices(perm: jax.Array, step_in_epoch, batch_size: int
+                  ) -> jax.Array:
+  """The (batch_size,) indices of step `step_in_epoch` of the epoch `perm`.
+
+  `step_in_epoch` may be traced. Under jit a step past the epoch's last full
+  batch is not an error: `dynamic_slice` clamps it onto the last indices.
+  """
+  start = jnp.asarray(step_in_epoch, jnp.int32) * batch_size
+  return jax.lax.dynamic_slice(perm, (start,), (batch_size,))
+
+
+def input_batch(train_images: jax.Array, train_labels: jax.Array,
+                idx: jax.Array, rng: jax.Array, mesh: Mesh, *,
+                crop_flip: bool, crop_padding: int, mean, std
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The train step's input: rows `idx` of the device-resident train split.
+
+  Gathered batch-sharded (`parallel.take_batch`), randomly cropped and
+  flipped if `crop_flip`, normalised; to be called inside `jit`. `rng` is
+  the step's key: half of it draws the crops and flips, the other half is
+  returned for the step's other random choices (dropout, DKPP).
+
+  Returns:
+    (float32 images, int32 labels, the rest of `rng`).
+  """
+  # The gather from the replicated dataset on one host; from the host
+  # that holds each row on several.
+  images, labels = parallel.take_batch((train_images, train_labels), idx,
+                                       mesh)
+  aug_rng, rest_rng = jax.random.split(rng)
+  if crop_flip:
+    images = augment.random_crop_flip(aug_rng, images, crop_padding)
+  images = augment.normalize(images, mean, std)
+  return images, labels, rest_rng
+
+
 class GenerationTrainer:
   """The compiled functions of one generation (a student, maybe a teacher)."""
 
@@ -285,9 +339,9 @@ class GenerationTrainer:
     in every step (bit-identical outputs: the cast in the step becomes a
     no-op). Batch-norm parameters and statistics stay float32, and so does
     the classifier's kernel when the classifier computes in float32 (the
-    default; see common.global_pool_logits). In an H200 trace of one
-    ResNet-18 step per call, these casts took 4% of the step; a scan of
-    several steps already hoists them.
+    default; see common.global_pool_logits). The casts matter at one step
+    per call; a scan of several steps already hoists them out of its loop
+    (docs/performance.md).
     """
     if variables is None or self.teacher is None:
       return variables
@@ -316,23 +370,16 @@ class GenerationTrainer:
     hosts, the concatenation of their blocks; see parallel.py), so an
     example's index is the same whichever host holds its row.
     """
-    step_in_epoch = state.step % self.steps_per_epoch
-    return jax.lax.dynamic_slice(perm, (step_in_epoch * self.batch_size,),
-                                 (self.batch_size,))
+    return batch_indices(perm, state.step % self.steps_per_epoch,
+                         self.batch_size)
 
   def _batch_from_device(self, state, data_images, data_labels, perm, rng):
     """Indices of this step's batch -> augmented, normalised images."""
     idx = self._batch_indices(state, perm)
-    # The gather from the replicated dataset on one host; from the host
-    # that holds each row on several.
-    images, labels = parallel.take_batch((data_images, data_labels), idx,
-                                         self.mesh)
-    aug_rng, rest_rng = jax.random.split(rng)
-    if self.config.data.augment:
-      images = augment.random_crop_flip(aug_rng, images,
-                                        self.config.data.crop_padding)
-    images = augment.normalize(images, self.mean, self.std)
-    return images, labels, rest_rng
+    return input_batch(data_images, data_labels, idx, rng, self.mesh,
+                       crop_flip=self.config.data.augment,
+                       crop_padding=self.config.data.crop_padding,
+                       mean=self.mean, std=self.std)
 
   def _one_step(self, state, teacher_vars, data_images, data_labels, perm,
                 base_rng):
@@ -370,7 +417,7 @@ class GenerationTrainer:
 
         if num_steps == 1:
           # Straight-line code: a one-trip loop only adds copies of the
-          # carried state (seen in an H200 trace).
+          # carried state (docs/performance.md).
           return body(state, None)
         if jax.default_backend() != "cpu":
           state, metrics = jax.lax.scan(body, state, None, length=num_steps)
@@ -429,9 +476,8 @@ def _check_finite(sums: dict[str, float], generation: int, steps: str,
         f"{steps}. {ckpt.last_good_message()}")
 
 
-def evaluate(trainer: GenerationTrainer, data: DeviceData,
-             logits: np.ndarray, teacher_logits: np.ndarray | None
-             ) -> dict[str, float]:
+def evaluate(data: DeviceData, logits: np.ndarray,
+             teacher_logits: np.ndarray | None) -> dict[str, float]:
   """Test metrics from host logits (unpadded)."""
   labels = data.test_labels
   metrics = {
@@ -452,6 +498,137 @@ def test_logits(trainer: GenerationTrainer, module: nn.Module,
   return parallel.fetch(logits)[:data.num_test]
 
 
+def epoch_calls(step: int, steps_per_epoch: int, steps_per_call: int,
+                checkpoint_every: int = 0) -> list[int]:
+  """The steps of each compiled call from `step` to the end of its epoch.
+
+  Calls of `steps_per_call` steps (at least 1), cut short at the epoch's
+  end and at each multiple of `checkpoint_every` (0: none), the steps after
+  which a checkpoint can be saved.
+  """
+  epoch_end = (step // steps_per_epoch + 1) * steps_per_epoch
+  sizes = []
+  while step < epoch_end:
+    n = min(max(1, steps_per_call), epoch_end - step)
+    if checkpoint_every:
+      n = min(n, checkpoint_every - step % checkpoint_every)
+    sizes.append(n)
+    step += n
+  return sizes
+
+
+def run_epoch(trainer: GenerationTrainer, state: TrainState,
+              teacher_vars: Variables | None, data: DeviceData,
+              perm_rng: jax.Array, step_rng: jax.Array, step: int, *,
+              sums: dict[str, jax.Array] | None = None,
+              after_call: Callable[..., None] | None = None,
+              train_steps: Callable[[int], Callable[..., Any]] | None = None
+              ) -> tuple[TrainState, dict[str, float]]:
+  """Trains from `step` to the end of its epoch, as `fit` and the benchmark do.
+
+  The epoch's order is `epoch_permutation(fold_in(perm_rng, epoch))`; the
+  steps run in the compiled calls `epoch_calls` gives for the config; the
+  metrics are summed on the devices and fetched to the host once, at the
+  end, so nothing waits for the host inside the epoch.
+
+  Args:
+    trainer: the generation's trainer.
+    state: the state at `step`.
+    teacher_vars: as `trainer.prepare_teacher` returns them (None: labels
+      only).
+    data: the dataset on the devices.
+    perm_rng: the generation's key of epoch orders.
+    step_rng: the generation's key of steps (each step folds in its number).
+    step: `state.step`, known on the host (reading it would wait for the
+      devices).
+    sums: the summed metrics of the epoch's steps before `step` (a resumed
+      epoch), or None.
+    after_call: called as `after_call(step, num_steps, state, sums)` after
+      each call, with the step reached; `fit` checkpoints there.
+    train_steps: num_steps -> the compiled call (default
+      `trainer.train_steps`); the benchmark passes the same programs,
+      compiled ahead of time to time the compiles.
+
+  Returns:
+    (the state at the epoch's end, the epoch's summed metrics on the host).
+  """
+  config = trainer.config
+  train_steps = train_steps or trainer.train_steps
+  perm = epoch_permutation(
+      jax.random.fold_in(perm_rng, step // trainer.steps_per_epoch),
+      data.num_train)
+  for n in epoch_calls(step, trainer.steps_per_epoch, config.steps_per_call,
+                       config.checkpoint_every_steps):
+    state, metrics = train_steps(n)(
+        state, teacher_vars, data.train_images, data.train_labels, perm,
+        step_rng)
+    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+    step += n
+    if after_call is not None:
+      after_call(step, n, state, sums)
+  return state, _host_sums(sums)
+
+
+class _MidEpochSaves:
+  """`fit`'s `after_call`: the checkpoints inside one epoch.
+
+  After every call it asks `preemption.reached`. A stop request, or a step
+  at a multiple of `checkpoint_every_steps`, saves the step reached with
+  the epoch's partial sums; a stop then raises `StopRequested` once the
+  save is on disk. The epoch's last step is left to `fit`, which saves it
+  with the epoch's record; a stop that arrives with it waits in `stop`.
+  """
+
+  def __init__(self, trainer: GenerationTrainer, ckpt,
+               progress: dict[str, Any], generation: int, first_step: int):
+    self.ckpt, self.progress, self.generation = ckpt, progress, generation
+    self.first_step = first_step
+    self.every = trainer.config.checkpoint_every_steps
+    spe = trainer.steps_per_epoch
+    self.epoch_end = (first_step // spe + 1) * spe
+    self.stop = None
+
+  def __call__(self, step: int, num_steps: int, state: TrainState,
+               sums) -> None:
+    self.stop = preemption.reached(step - num_steps + 1, step)
+    if step < self.epoch_end and (
+        self.stop or (self.every and step % self.every == 0)):
+      self.progress["epoch_sums"] = _host_sums(sums)
+      _check_finite(self.progress["epoch_sums"], self.generation,
+                    f"{self.first_step}-{step}", self.ckpt)
+      self.ckpt.save(step, state, self.progress)
+      if self.stop:
+        _stop(self.stop, self.generation, step, self.ckpt)
+
+
+def _partial_sums(progress: dict[str, Any]) -> dict[str, jax.Array] | None:
+  """The summed metrics of a resumed epoch's earlier steps, or None."""
+  partial = progress.get("epoch_sums") or None
+  return (None if partial is None else
+          {k: jnp.asarray(v, jnp.float32) for k, v in partial.items()})
+
+
+def _epoch_record(trainer: GenerationTrainer, state: TrainState,
+                  data: DeviceData, sums: dict[str, float], first_step: int,
+                  step: int, seconds: float,
+                  teacher_test_logits: np.ndarray | None) -> dict[str, Any]:
+  """The history's entry of the epoch that ended at `step`."""
+  spe, total = trainer.steps_per_epoch, trainer.total_steps
+  epoch = step // spe
+  record = {"epoch": epoch, "step": step,
+            "learning_rate": float(trainer.lr_schedule(step - 1))}
+  record.update({f"train_{k}": v / spe for k, v in sums.items()})
+  record["train_accuracy"] *= 100
+  record["images_per_second"] = (step - first_step) * trainer.batch_size / max(
+      seconds, 1e-9)
+  if epoch % trainer.config.eval_every_epochs == 0 or step == total:
+    logits = test_logits(trainer, trainer.student, state.variables, data)
+    record.update(evaluate(data, logits, teacher_test_logits))
+  record["seconds_left"] = seconds / max(step - first_step, 1) * (
+      total - step)
+  return record
+
+
 def fit(trainer: GenerationTrainer, state: TrainState,
         teacher_vars: Variables | None, data: DeviceData, rng: jax.Array,
         ckpt, progress: dict[str, Any], *, generation: int,
@@ -464,65 +641,32 @@ def fit(trainer: GenerationTrainer, state: TrainState,
   resumed from a checkpoint takes exactly the steps an uninterrupted run
   takes. `progress` (history and the current epoch's partial sums) travels
   in the checkpoint for the same reason. A stop request (SIGTERM, Ctrl-C:
-  `ban_jax.runtime.preemption`) checkpoints the step reached, mid-epoch or not, and
-  raises `preemption.StopRequested`.
+  `ban_jax.runtime.preemption`) checkpoints the step reached, mid-epoch or
+  not, and raises `preemption.StopRequested`.
   """
-  config = trainer.config
   perm_rng, step_rng = jax.random.split(rng)
   spe, total = trainer.steps_per_epoch, trainer.total_steps
-  every = config.checkpoint_every_steps
-  steps_per_call = max(1, config.steps_per_call)
   step = int(parallel.fetch(state.step))
   teacher_vars = trainer.prepare_teacher(teacher_vars)
   history = progress.setdefault("history", [])
   while step < total:
-    epoch = step // spe
-    epoch_end = (epoch + 1) * spe
-    perm = _epoch_permutation(jax.random.fold_in(perm_rng, epoch),
-                              data.num_train)
-    partial = progress.get("epoch_sums") or None
-    sums = (None if partial is None else
-            {k: jnp.asarray(v, jnp.float32) for k, v in partial.items()})
     first_step, start = step, time.perf_counter()
-    while step < epoch_end:
-      n = min(steps_per_call, epoch_end - step)
-      if every:
-        n = min(n, every - step % every)
-      state, metrics = trainer.train_steps(n)(
-          state, teacher_vars, data.train_images, data.train_labels, perm,
-          step_rng)
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums,
-                                                       metrics)
-      step += n
-      stop = preemption.reached(step - n + 1, step)
-      if step < epoch_end and (stop or (every and step % every == 0)):
-        progress["epoch_sums"] = _host_sums(sums)
-        _check_finite(progress["epoch_sums"], generation,
-                      f"{first_step}-{step}", ckpt)
-        ckpt.save(step, state, progress)
-        if stop:
-          _stop(stop, generation, step, ckpt)
-    host_sums = _host_sums(sums)
+    saves = _MidEpochSaves(trainer, ckpt, progress, generation, first_step)
+    state, sums = run_epoch(trainer, state, teacher_vars, data, perm_rng,
+                            step_rng, step, sums=_partial_sums(progress),
+                            after_call=saves)
     seconds = time.perf_counter() - start
-    _check_finite(host_sums, generation, f"{first_step}-{step}", ckpt)
-    record = {"epoch": epoch + 1, "step": step,
-              "learning_rate": float(trainer.lr_schedule(step - 1))}
-    record.update({f"train_{k}": v / spe for k, v in host_sums.items()})
-    record["train_accuracy"] *= 100
-    record["images_per_second"] = (step - first_step) * trainer.batch_size / max(
-        seconds, 1e-9)
-    if (epoch + 1) % config.eval_every_epochs == 0 or step == total:
-      logits = test_logits(trainer, trainer.student, state.variables, data)
-      record.update(evaluate(trainer, data, logits, teacher_test_logits))
-    record["seconds_left"] = seconds / max(step - first_step, 1) * (
-        total - step)
+    step = (step // spe + 1) * spe
+    _check_finite(sums, generation, f"{first_step}-{step}", ckpt)
+    record = _epoch_record(trainer, state, data, sums, first_step, step,
+                           seconds, teacher_test_logits)
     history.append(record)
     progress["epoch_sums"] = {}
     ckpt.save(step, state, progress)
     if on_epoch is not None:
       on_epoch(record)
-    if stop and step < total:
-      _stop(stop, generation, step, ckpt)
+    if saves.stop and step < total:
+      _stop(saves.stop, generation, step, ckpt)
   ckpt.wait()
   return state, progress
 
@@ -533,8 +677,3 @@ def _stop(reason: str, generation: int, step: int, ckpt) -> None:
       f"Stopped by {reason} in generation {generation} at step {step}, "
       f"checkpointed in {ckpt.directory}/{step}. Rerun the same command to "
       "continue from there.", reason)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _epoch_permutation(rng, num_examples):
-  return jax.random.permutation(rng, num_examples)

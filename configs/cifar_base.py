@@ -1,12 +1,12 @@
 """The paper's CIFAR rows, shared by configs/cifar10.py and cifar100.py.
 
-Training settings are configs/default.py's, the Wide-ResNet recipe the
-paper points to (../shared/PAPER.md, "Training settings"): SGD with
-Nesterov momentum 0.9, lr 0.1 x0.2 at epochs 60, 120 and 160 of 200, batch
-128, weight decay 5e-4, dropout 0.3 inside Wide-ResNet blocks, 4-pixel
-reflect-padded random crop and horizontal flip, per-channel mean/std
-normalisation; three born-again generations, BAN (teacher cross-entropy,
-T = 1). This file sets the dataset and what the config argument chooses.
+Training settings are configs/default.py's, the Wide-ResNet recipe that
+the paper's training settings point to: SGD with Nesterov momentum 0.9, lr
+0.1 x0.2 at epochs 60, 120 and 160 of 200, batch 128, weight decay 5e-4,
+dropout 0.3 inside Wide-ResNet blocks, 4-pixel reflect-padded random crop
+and horizontal flip, per-channel mean/std normalisation; three born-again
+generations, BAN (teacher cross-entropy, T = 1). This file sets the dataset
+and what the config argument chooses.
 
 The config argument (after the file name and a colon) is a comma-separated
 list of `key=value` settings and flags:

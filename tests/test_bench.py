@@ -7,16 +7,18 @@ import sys
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ban_jax import config_file
+from ban_jax import train
 from ban_jax.tools import bench
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_KEYS = ("impl", "model", "mode", "batch", "img_per_s")
 
 
-def test_bench_prints_json_lines_and_a_table(tmp_path):
+def test_bench_prints_json_lines_and_a_table(tmp_path, repo_root):
   # Unoptimised XLA code compiles twice as fast; only the output's form
   # is checked here, not the speed.
   env = dict(os.environ, JAX_PLATFORMS="cpu",
@@ -27,7 +29,7 @@ def test_bench_prints_json_lines_and_a_table(tmp_path):
        "--batch_sizes=16", "--steps=2", "--warmup=1", "--image_size=8",
        "--num_examples=48", "--steps_per_call=2",
        f"--profile_dir={tmp_path}", "--profile_steps=1"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+      cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
   lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
   rows = [json.loads(line) for line in lines]
   good = [r for r in rows if r["model"] == "wrn10_1"]
@@ -112,8 +114,7 @@ def test_zero_means_none_or_the_default_for_these_flags():
 
 
 def test_bench_config_is_the_peers_recipe():
-  # pylint: disable-next=protected-access
-  base = bench.load_config(bench._base_config_path())
+  base = config_file.load(bench.DEFAULT_CONFIG)
   config = bench.bench_config(base, "resnet18", 256, "bfloat16", 4,
                               augment=True, xla_options="a=1")
   assert (config.model.name, config.model.dtype,
@@ -173,9 +174,10 @@ class _Executable:
     self.n, self.clock, self.calls = n, clock, calls
 
   def __call__(self, state, teacher_vars, images, labels, perm, rng):
-    self.calls.append((self.n, perm))
+    self.calls.append((self.n, np.asarray(perm)))
     self.clock.now += 0.5 * self.n
-    return state + self.n, {"loss": np.float32(1.5 * self.n)}
+    return (state.replace(step=state.step + self.n),
+            {"loss": jnp.float32(1.5 * self.n)})
 
   def memory_analysis(self):
     return types.SimpleNamespace(
@@ -186,10 +188,13 @@ class _Executable:
 class _Trainer:
   """`train_steps(n).lower(...).compile()` takes 2 s on the clock."""
 
+  batch_size = 16
   steps_per_epoch = 7
 
-  def __init__(self, clock, calls):
+  def __init__(self, clock, calls, steps_per_call):
     self.clock, self.calls, self.compiled = clock, calls, []
+    self.config = types.SimpleNamespace(steps_per_call=steps_per_call,
+                                        checkpoint_every_steps=0)
 
   def train_steps(self, n):
     def compile_():
@@ -200,24 +205,17 @@ class _Trainer:
         lower=lambda *args: types.SimpleNamespace(compile=compile_))
 
 
-def _fake_kd_bench(monkeypatch):
+def _fake_kd_bench(monkeypatch, steps_per_call=2):
   """A KDBench of batch 16 over fake compiled steps and a fake clock."""
   clock, calls = _Clock(), []
   monkeypatch.setattr(bench, "time", clock)
-  kd = object.__new__(bench.KDBench)
-  trainer = _Trainer(clock, calls)
-  # pylint: disable=protected-access
-  kd._train = types.SimpleNamespace(
-      _epoch_permutation=lambda key, n: f"epoch perm of {n}")
-  kd._parallel = types.SimpleNamespace(
-      fetch=lambda tree: jax.tree.map(np.asarray, tree))
-  kd._compiled, kd._prefix = {}, "m_b16"
-  # pylint: enable=protected-access
-  kd.trainers = {False: trainer, True: trainer}
-  kd.data = types.SimpleNamespace(train_images=None, train_labels=None,
-                                  num_train=7 * 16 + 5)
-  kd.batch, kd.profile_dir, kd.profile_steps = 16, "", 0
-  kd.state, kd.teacher_vars, kd.rng, kd.perm = 0, None, None, "perm"
+  trainer = _Trainer(clock, calls, steps_per_call)
+  data = types.SimpleNamespace(train_images=None, train_labels=None,
+                               num_train=7 * 16 + 5)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=None,
+                           batch_stats=None, opt_state=None)
+  kd = bench.KDBench({False: trainer, True: trainer}, data, state,
+                     teacher_vars=None, name="m_b16")
   return kd, trainer, calls
 
 
@@ -225,10 +223,12 @@ def test_step_timing_of_whole_calls_after_the_warmup(monkeypatch):
   kd, trainer, calls = _fake_kd_bench(monkeypatch)
   result = kd.steps(False, steps=5, warmup=1, steps_per_call=2)
   # 5 steps round up to 3 calls of 2; the 1 warm-up step to a call before.
-  assert calls == [(2, "perm")] * 4
+  assert [n for n, _ in calls] == [2] * 4
+  for _, perm in calls:  # The fixed order of the step modes.
+    np.testing.assert_array_equal(perm, kd.perm)
   assert result == {"img_per_s": 6 * 16 / 3.0, "steps": 6, "seconds": 3.0,
                     "compile_s": 2.0, "program_mem_gb": 3.25, "loss": 1.5}
-  assert kd.state == 8
+  assert int(kd.state.step) == 8
   # The compiled step is kept, with its compile time.
   assert kd.steps(False, steps=2, warmup=0, steps_per_call=2)[
       "compile_s"] == 2.0
@@ -236,14 +236,20 @@ def test_step_timing_of_whole_calls_after_the_warmup(monkeypatch):
 
 
 def test_epoch_timing_runs_the_remainder_as_a_shorter_call(monkeypatch):
-  kd, trainer, calls = _fake_kd_bench(monkeypatch)
-  result = kd.epoch(steps_per_call=3)
-  # 7 steps: calls of 3, 3 and 1, on a new permutation; each size compiled
-  # and run once first, on the fixed one, outside the timing.
+  kd, trainer, calls = _fake_kd_bench(monkeypatch, steps_per_call=3)
+  result = kd.epoch()
+  # 7 steps: calls of 3, 3 and 1; each size compiled and run once first,
+  # on the fixed order, outside the timing. Then the state moves on to the
+  # next epoch's first step (4 -> 7), whose new order the epoch runs.
   assert sorted(trainer.compiled) == [1, 3]
-  assert sorted(calls[:2]) == [(1, "perm"), (3, "perm")]
-  assert calls[2:] == [(3, "epoch perm of 117"), (3, "epoch perm of 117"),
-                       (1, "epoch perm of 117")]
+  assert [n for n, _ in calls] == [1, 3, 3, 3, 1]
+  for _, perm in calls[:2]:
+    np.testing.assert_array_equal(perm, kd.perm)
+  epoch_1 = train.epoch_permutation(jax.random.fold_in(jax.random.key(4), 1),
+                                    117)
+  for _, perm in calls[2:]:
+    np.testing.assert_array_equal(perm, epoch_1)
+  assert int(kd.state.step) == 14
   assert result == {"img_per_s": 7 * 16 / 3.5, "steps": 7, "seconds": 3.5,
                     "compile_s": 4.0, "loss": 1.5}
 
@@ -254,9 +260,13 @@ def test_main_rows_table_and_exit_status(monkeypatch, tmp_path, capsys):
   class FakeKDBench:
     """Fixed numbers; batch 32 fails to build, the +aug mode to run."""
 
-    def __init__(self, base, model, batch, dtype, steps_per_call, data,
-                 mesh, xla_options, profile_dir, profile_steps,
-                 float32_classifier):
+    def __init__(self, data):
+      self.data = data
+
+    @classmethod
+    def build(cls, base, model, batch, dtype, steps_per_call, data, mesh,
+              xla_options, profile_dir, profile_steps,
+              float32_classifier):
       del base, mesh
       assert float32_classifier
       made.append((model, batch, dtype, steps_per_call, data.num_classes,
@@ -264,6 +274,7 @@ def test_main_rows_table_and_exit_status(monkeypatch, tmp_path, capsys):
                    xla_options, profile_dir, profile_steps))
       if batch == 32:
         raise ValueError("too big")
+      return cls(data)
 
     def steps(self, augment, steps, warmup, steps_per_call):
       assert (steps, warmup, steps_per_call) == (5, 1, 10)
@@ -273,8 +284,7 @@ def test_main_rows_table_and_exit_status(monkeypatch, tmp_path, capsys):
               "compile_s": 2.34567, "program_mem_gb": 0.0123456,
               "loss": 4.56789}
 
-    def epoch(self, steps_per_call):
-      assert steps_per_call == 10
+    def epoch(self):
       return {"img_per_s": 999.96, "steps": 3, "seconds": 0.05,
               "compile_s": 0.0, "loss": 2.0}
 

@@ -1,11 +1,10 @@
 """The shipped config files: every value, the argument and its errors.
 
-The CIFAR values are the paper's (../shared/PAPER.md, "Training settings",
-the Wide-ResNet recipe); the digits values made README's digits table. Each
-config is compared whole, so that a changed or a new field is a decision
-taken here as well. The schema (configs/default.py, with
-ban_jax/config_schema.py's rules) is checked for a field declared in one
-place only.
+The CIFAR values are the paper's (its training settings, the Wide-ResNet
+recipe); the digits values made README's digits table. Each config is
+compared whole, so that a changed or a new field is a decision taken here
+as well. The schema (configs/default.py, with ban_jax/config_schema.py's
+rules) is checked for a field declared in one place only.
 """
 
 import pathlib

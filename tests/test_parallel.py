@@ -67,8 +67,8 @@ class _Run:
 
     self.trainer._one_step = counting_step
     self.teacher_vars = parallel.put_replicated(teacher_vars, self.mesh)
-    self.perm = train._epoch_permutation(jax.random.key(1),
-                                         self.data.num_train)
+    self.perm = train.epoch_permutation(jax.random.key(1),
+                                        self.data.num_train)
     self.state = parallel.put_replicated(initial_state, self.mesh)
     self.sums = None
     for _ in range(NUM_STEPS):

@@ -18,18 +18,8 @@ from ban_jax import validation
 from ban_jax.runtime import checkpoints
 from ban_jax.runtime import parallel
 from ban_jax.runtime import preemption
-from configs import digits
 from tests import run_results
 from tests.run_results import scores as _scores
-
-
-def tiny_config(num_generations=2):
-  config = digits.get_config()
-  config.model.name = "wrn10_1"
-  config.num_generations = num_generations
-  config.num_epochs = 2
-  config.optim.lr_decay_epochs = (1,)
-  return config
 
 
 class FitSpy:
@@ -75,7 +65,7 @@ def _final_variables(workdir, generation, config, share=False):
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def chain(tmp_path_factory, tiny_digits_config):
   """One uninterrupted two-generation run, with the fit calls recorded."""
   monkeypatch = pytest.MonkeyPatch()
   spy = FitSpy(monkeypatch)
@@ -86,7 +76,7 @@ def chain(tmp_path_factory):
   monkeypatch.setattr(train, "student_update",
                       chex.assert_max_traces(train.student_update, n=2))
   workdir = tmp_path_factory.mktemp("chain")
-  config = tiny_config()
+  config = tiny_digits_config()
   results = pipeline.run(config, str(workdir))
   monkeypatch.undo()
   return config, workdir, results, spy.calls
@@ -293,8 +283,9 @@ def test_a_stop_request_checkpoints_the_step_reached(
 
 
 def test_a_stop_request_after_the_last_step_stops_before_the_next_generation(
-    tmp_path, monkeypatch, no_stop_request):  # pylint: disable=unused-argument
-  config = tiny_config(num_generations=1)
+    tmp_path, monkeypatch, no_stop_request,  # pylint: disable=unused-argument
+    tiny_digits_config):
+  config = tiny_digits_config(num_generations=1)
   _request_stop_after(monkeypatch, generation=0, epoch=2)  # Its last epoch.
   spy = FitSpy(monkeypatch)
   with pytest.raises(preemption.StopRequested,
@@ -305,17 +296,18 @@ def test_a_stop_request_after_the_last_step_stops_before_the_next_generation(
   assert (tmp_path / "seed_0" / "gen_0" / "result.json").exists()
 
 
-def test_extending_a_finished_chain(chain, tmp_path):
+def test_extending_a_finished_chain(chain, tmp_path, tiny_digits_config):
   config, _, results, _ = chain
-  short = pipeline.run(tiny_config(num_generations=1), str(tmp_path))
+  short = pipeline.run(tiny_digits_config(num_generations=1), str(tmp_path))
   assert len(short["generations"]) == 2 and short["ensembles"] == []
   extended = pipeline.run(config, str(tmp_path))
   assert _scores(extended) == _scores(results)
 
 
-def test_changed_settings_in_an_old_workdir_are_refused(chain):
+def test_changed_settings_in_an_old_workdir_are_refused(chain,
+                                                         tiny_digits_config):
   config, workdir, _, _ = chain
-  config = tiny_config()
+  config = tiny_digits_config()
   config.optim.learning_rate = 0.2
   with pytest.raises(validation.ConfigError) as error:
     pipeline.run(config, str(workdir))
@@ -326,10 +318,10 @@ def test_changed_settings_in_an_old_workdir_are_refused(chain):
 
 
 def test_a_workdir_binds_its_settings_once_a_generation_is_checkpointed(
-    tmp_path):
+    tmp_path, tiny_digits_config):
   check = pipeline._check_workdir_config  # pylint: disable=protected-access
   workdir = epath.Path(tmp_path)
-  first = tiny_config()
+  first = tiny_digits_config()
   check(workdir, first)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["optim"]["learning_rate"] == 0.05
@@ -338,7 +330,7 @@ def test_a_workdir_binds_its_settings_once_a_generation_is_checkpointed(
   # missing) binds nothing: the corrected command replaces config.json.
   gen_0 = tmp_path / "seed_0" / "gen_0" / "checkpoints"
   (gen_0 / "3.orbax-checkpoint-tmp").mkdir(parents=True)  # Unfinished.
-  second = tiny_config()
+  second = tiny_digits_config()
   second.optim.learning_rate = 0.01
   second.batch_size = 32
   check(workdir, second)
@@ -352,7 +344,7 @@ def test_a_workdir_binds_its_settings_once_a_generation_is_checkpointed(
                      r"optim.learning_rate: 0.01 there, 0.05 now\)"):
     check(workdir, first)
   # Where the data is, and how long the chain runs, may change.
-  moved = tiny_config(num_generations=5)
+  moved = tiny_digits_config(num_generations=5)
   moved.optim.learning_rate = 0.01
   moved.batch_size = 32
   moved.data.archive_path = "/elsewhere/cifar-10-python.tar.gz"
@@ -360,9 +352,9 @@ def test_a_workdir_binds_its_settings_once_a_generation_is_checkpointed(
 
 
 def test_a_config_json_from_before_a_field_existed_reads_its_default(
-    tmp_path):
+    tmp_path, tiny_digits_config):
   check = pipeline._check_workdir_config  # pylint: disable=protected-access
-  config = tiny_config()
+  config = tiny_digits_config()
   check(epath.Path(tmp_path), config)
   saved = json.loads((tmp_path / "config.json").read_text())
   del saved["distill"]["dkpp_permutation"]
@@ -377,12 +369,12 @@ def test_a_config_json_from_before_a_field_existed_reads_its_default(
     check(epath.Path(tmp_path), config)
 
 
-def test_an_unreadable_config_json(tmp_path):
+def test_an_unreadable_config_json(tmp_path, tiny_digits_config):
   check = pipeline._check_workdir_config  # pylint: disable=protected-access
   workdir = epath.Path(tmp_path)
   (tmp_path / "config.json").write_text('{"seed": 0, "data": {"na')
   # Nothing trained there yet: it is replaced, as a changed one would be.
-  check(workdir, tiny_config())
+  check(workdir, tiny_digits_config())
   assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
   assert not list(tmp_path.glob(".*.tmp"))  # Written whole, then renamed.
 
@@ -390,7 +382,7 @@ def test_an_unreadable_config_json(tmp_path):
   (tmp_path / "config.json").write_text("")
   (tmp_path / "seed_0" / "gen_0" / "checkpoints" / "21").mkdir(parents=True)
   with pytest.raises(validation.ConfigError) as error:
-    check(workdir, tiny_config())
+    check(workdir, tiny_digits_config())
   assert str(error.value).startswith(
       f"{tmp_path}/config.json cannot be read (Expecting value: line 1 "
       f"column 1 (char 0)), so the settings of the generations trained in "
@@ -399,24 +391,25 @@ def test_an_unreadable_config_json(tmp_path):
 
 
 def test_a_run_that_fails_before_training_leaves_the_workdir_usable(
-    tmp_path):
-  too_big = tiny_config()
+    tmp_path, tiny_digits_config):
+  too_big = tiny_digits_config()
   too_big.batch_size = 4096
   with pytest.raises(validation.ConfigError,
                      match="batch_size=4096 is larger than the 1347 training "
                      "examples of digits; use at most 1347."):
     pipeline.run(too_big, str(tmp_path))
   assert not list(tmp_path.glob("seed_*/gen_*/checkpoints/*"))
-  fixed = tiny_config(num_generations=1)
+  fixed = tiny_digits_config(num_generations=1)
   fixed.num_epochs = 1
   fixed.optim.lr_decay_epochs = ()
   assert len(pipeline.run(fixed, str(tmp_path))["generations"]) == 2
 
 
-def test_shared_stem_and_classifier_stay_the_teachers(tmp_path):
+def test_shared_stem_and_classifier_stay_the_teachers(tmp_path,
+                                                      tiny_digits_config):
   # Table 5's setting: the student starts from the teacher's first conv and
   # classifier and never changes them; everything else trains.
-  config = tiny_config(num_generations=1)
+  config = tiny_digits_config(num_generations=1)
   config.num_epochs = 1
   config.optim.lr_decay_epochs = ()
   config.share_stem_classifier = True

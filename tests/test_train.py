@@ -1,5 +1,8 @@
-"""The train step: loss selection, feature terms, frozen parameters, and a
-cross-architecture chain."""
+"""The train step (loss selection, feature terms, frozen parameters), the
+epoch (its order, batches and compiled calls) and a cross-architecture
+chain."""
+
+import types
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ from ban_jax import feature_losses
 from ban_jax import losses
 from ban_jax import pipeline
 from ban_jax import train
+from ban_jax.data import Dataset
 from ban_jax.data import synthetic
 from ban_jax.runtime import compilation
 from ban_jax.runtime import parallel
@@ -267,7 +271,109 @@ def test_learning_rate_drops_at_the_first_step_of_the_named_epoch():
       [0.1, 0.1, 0.02, 0.02, 0.004])
 
 
-def test_each_epoch_and_generation_has_its_own_order(tmp_path, monkeypatch):
+# ------------------------------------------------------------------ epochs
+
+
+def test_epoch_visits_every_example_once():
+  n, batch = 96, 16
+  steps = n // batch
+  perm = train.epoch_permutation(jax.random.key(0), n)
+  take = jax.jit(train.batch_indices, static_argnums=2)
+  seen = np.concatenate([np.asarray(take(perm, s, batch))
+                         for s in range(steps)])
+  assert seen.dtype == np.int32
+  np.testing.assert_array_equal(np.bincount(seen, minlength=n), np.ones(n))
+  # The order is shuffled, and another epoch's key gives another order.
+  assert (seen != np.arange(n)).any()
+  other = train.epoch_permutation(jax.random.key(1), n)
+  assert (np.asarray(other) != np.asarray(perm)).any()
+  np.testing.assert_array_equal(np.sort(np.asarray(other)), np.arange(n))
+
+
+def test_epoch_with_remainder_has_no_repeats():
+  n, batch = 100, 16
+  perm = train.epoch_permutation(jax.random.key(5), n)
+  seen = np.concatenate([np.asarray(train.batch_indices(perm, s, batch))
+                         for s in range(n // batch)])
+  assert len(seen) == 96 and len(set(seen.tolist())) == 96
+  np.testing.assert_array_equal(seen, np.asarray(perm)[:96])
+
+
+def test_epoch_permutation_is_int32_even_with_x64():
+  with jax.enable_x64(True):
+    perm = train.epoch_permutation(jax.random.key(0), 10)
+  assert perm.dtype == jnp.int32
+  np.testing.assert_array_equal(np.sort(np.asarray(perm)), np.arange(10))
+
+
+@pytest.mark.parametrize("num_examples, batch_size, steps", [
+    (16, 16, 1), (31, 16, 1), (32, 16, 2),
+    (50000, 128, 390),  # CIFAR: 80 images an epoch are left out.
+    (1347, 64, 21)])    # Digits.
+def test_an_epoch_is_the_full_batches(num_examples, batch_size, steps):
+  config = digits.get_config()
+  config.batch_size = batch_size
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  empty = np.zeros((num_examples, 1, 1, 1), np.uint8)
+  data = train.put_dataset(Dataset(
+      name="empty", train_images=empty,
+      train_labels=np.zeros(num_examples, np.int32), test_images=empty[:1],
+      test_labels=np.zeros(1, np.int32), num_classes=NUM_CLASSES,
+      label_names=tuple(map(str, range(NUM_CLASSES))), mean=(0.0,),
+      std=(1.0,)), mesh, 1)
+  model = pipeline.build_model("wrn10_1", config, NUM_CLASSES)
+  trainer = train.GenerationTrainer(config, model, None, data, mesh)
+  assert trainer.steps_per_epoch == steps
+  assert sum(train.epoch_calls(0, steps, steps_per_call=4)) == steps
+
+
+@pytest.mark.parametrize("step, steps_per_call, every, sizes", [
+    (0, 3, 0, [3, 3, 1]),  # The rest of the epoch is a shorter call.
+    (4, 3, 0, [3]),  # From mid-epoch (a resumed run) to its end.
+    (7, 10, 0, [7]),  # Never past the epoch's end.
+    (0, 0, 0, [1] * 7),  # 0 steps per call means 1.
+    (0, 3, 2, [2, 2, 2, 1]),  # Every checkpoint step ends a call.
+    (7, 4, 5, [3, 4]),  # Checkpoint steps count from the run's start.
+])
+def test_epoch_calls_end_at_checkpoints_and_the_epochs_end(
+    step, steps_per_call, every, sizes):
+  assert train.epoch_calls(step, 7, steps_per_call, every) == sizes
+
+
+def test_run_epoch_resumes_with_the_partial_sums_and_reports_each_call():
+  calls, reported = [], []
+
+  def train_steps(n):
+    def run(state, teacher_vars, images, labels, perm, rng):
+      del teacher_vars, images, labels
+      calls.append((n, np.asarray(perm), rng))
+      return state + n, {"loss": jnp.float32(0.5 * n)}
+    return run
+
+  trainer = types.SimpleNamespace(
+      steps_per_epoch=7, train_steps=train_steps,
+      config=types.SimpleNamespace(steps_per_call=2,
+                                   checkpoint_every_steps=0))
+  data = types.SimpleNamespace(num_train=7 * 16 + 5, train_images=None,
+                               train_labels=None)
+  perm_rng, step_rng = jax.random.key(0), jax.random.key(1)
+  state, sums = train.run_epoch(
+      trainer, 10, None, data, perm_rng, step_rng, 10,
+      sums={"loss": jnp.float32(4.0)},
+      after_call=lambda *args: reported.append(args[:3]))
+  # Steps 10-13 of epoch 1, on epoch 1's order, in calls of 2 and 2.
+  expected_perm = np.asarray(train.epoch_permutation(
+      jax.random.fold_in(perm_rng, 1), 117))
+  assert [n for n, _, _ in calls] == [2, 2]
+  for _, perm, rng in calls:
+    np.testing.assert_array_equal(perm, expected_perm)
+    assert rng is step_rng
+  assert reported == [(12, 2, 12), (14, 2, 14)]
+  assert state == 14 and sums == {"loss": 6.0}
+
+
+def test_each_epoch_and_generation_has_its_own_order(tmp_path, monkeypatch,
+                                                     tiny_digits_config):
   calls = []  # (the state's step, the permutation) per compiled call.
   train_steps = train.GenerationTrainer.train_steps
 
@@ -281,11 +387,7 @@ def test_each_epoch_and_generation_has_its_own_order(tmp_path, monkeypatch):
     return run
 
   monkeypatch.setattr(train.GenerationTrainer, "train_steps", recording)
-  config = digits.get_config()
-  config.model.name = "wrn10_1"
-  config.num_generations = 1
-  config.num_epochs = 2
-  config.optim.lr_decay_epochs = ()
+  config = tiny_digits_config(num_generations=1, lr_decay_epochs=())
   pipeline.run(config, str(tmp_path))
   spe = 1347 // 64
   assert len(calls) == 2 * 2 * spe  # One step per call on the digits.

@@ -11,10 +11,9 @@ The crop is a `vmap` of `dynamic_slice`, which XLA lowers to one gather of
 HxWxC windows: one read per output pixel. Two equivalent forms give
 bit-identical outputs: an index gather straight from the unpadded image
 with the reflection and the flip folded into the indices, and one-hot
-matmuls. On a 2-core CPU the index gather was no faster and the one-hot form
-was 1.2-2.7x faster; neither has been timed on a GPU, so the plain form
-stays until one is shown to be better there. `python -m ban_jax.tools.bench_input`
-times the whole input path.
+matmuls. Neither has been shown faster on a GPU, so the plain form stays
+until one is (docs/performance.md, "The input pipeline", has what was
+measured). `python -m ban_jax.tools.bench_input` times the whole input path.
 """
 
 import jax

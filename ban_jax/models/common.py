@@ -9,7 +9,6 @@ off by up to 1/32 and every probability computed from it by up to 3%,
 the teacher's small ones (the dark knowledge) included.
 """
 
-import functools
 from typing import Any, Callable
 
 import jax
@@ -99,5 +98,3 @@ def residual_stages(module: nn.Module, x: jax.Array, stage_sizes, widths,
     module.sow("intermediates", f"stage{stage}_out", x)
   return x
 
-
-partial = functools.partial

@@ -7,7 +7,7 @@ channels, BN-ReLU-(dropout)-conv3x3 to growth channels, its output
 concatenated to its input; between blocks a transition, BN-ReLU-conv1x1 to
 `compression` times the channels and 2x2 average pooling; then BN-ReLU,
 global pooling and a linear classifier. This is the layout of the DenseNet
-authors' code and of ../shared/bench/peer_torch.py (densenet100_12 has that
+authors' code and of the PyTorch peer benchmark (densenet100_12 has that
 model's 800,032 parameters for 100 classes).
 
 Parameter counts: the paper's Table 1 (CIFAR-10) gives DenseNet-112-33,

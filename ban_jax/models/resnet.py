@@ -13,7 +13,7 @@ conv-BN-ReLU-conv-BN, the shortcut added, then ReLU.
   * `resnet18` and `resnet34`: the ImageNet stage layout (64/128/256/512
     channels, 2-2-2-2 or 3-4-6-3 blocks) with the CIFAR stem common in
     distillation code, a 3x3 stride-1 conv with 64 channels, BN and ReLU, no
-    max-pool; option B shortcuts. resnet18 is ../shared/bench/peer_torch.py's
+    max-pool; option B shortcuts. resnet18 is the PyTorch peer benchmark's
     ResNet18 layer for layer (11.22M parameters for 100 classes).
 
 `PreActResNet` is the pre-activation network (He et al., 2016b):

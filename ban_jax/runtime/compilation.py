@@ -1,10 +1,10 @@
 """JAX's persistent compilation cache, kept in the workdir by default.
 
 A rerun after a crash (or a later seed in a new process) loads the compiled
-train and eval steps from disk instead of compiling them again: on an H200
-that is 17-19 s for ResNet-18 and WRN-28-10 and about 76 s for
-DenseNet-BC-100-12 per (student, teacher) pair. The executables are the
-ones compiled before, so results do not change.
+train and eval steps from disk instead of compiling them again, which for
+the CIFAR models takes tens of seconds per (student, teacher) pair on a GPU
+(docs/performance.md, "Compile time"). The executables are the ones
+compiled before, so results do not change.
 
 `config.compilation_cache_dir`:
 - a relative path is taken inside the workdir (the default,

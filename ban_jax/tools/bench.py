@@ -4,10 +4,11 @@ One KD step is what `GenerationTrainer.train_steps` compiles for generation
 g >= 1: the batch gathered from the device-resident train set (plus random
 crop + flip when augmenting), the teacher's inference-mode forward pass, the
 student's forward and backward pass with the label + soft-target loss
-(`kd+label`, T = 1: the loss of `../shared/bench/peer_torch.py`), and the
-SGD-Nesterov update with weight decay. The data are random CIFAR-shaped
-uint8 images with 100 classes, on the device(s); every device of the mesh
-takes part (data parallel), so `batch` is the global batch.
+(`kd+label`, T = 1: the loss of the PyTorch peer benchmark, `peer_torch.py`,
+which launch/bench_gpu.sh runs), and the SGD-Nesterov update with weight
+decay. The data are random CIFAR-shaped uint8 images with 100 classes, on
+the device(s); every device of the mesh takes part (data parallel), so
+`batch` is the global batch.
 
   python -m ban_jax.tools.bench                          # the three peer models
   python -m ban_jax.tools.bench --models=resnet18 --batch_sizes=128,512 \
@@ -20,9 +21,10 @@ Modes, for each model and batch size:
 * `<dtype>` (`bf16` on GPU/TPU, `fp32` on CPU, or `--dtype`): the bare step
   on a fixed permutation, no augmentation;
 * `<dtype>+aug`: the same with the on-device crop + flip;
-* `epoch`: one whole epoch with augmentation, as `train.fit` runs it (a new
-  permutation, then `steps_per_epoch` steps in calls of `--steps_per_call`,
-  then the epoch's metrics fetched to the host), no checkpoint or eval.
+* `epoch`: one whole epoch with augmentation, run by `train.run_epoch`, the
+  code `train.fit` runs (a new permutation, then `steps_per_epoch` steps in
+  calls of `--steps_per_call`, then the epoch's metrics fetched to the
+  host), no checkpoint or eval.
 
 The classifier (pool + final linear layer) always computes in float32
 (ban_jax/models/common.py). `--bf16_classifier` adds, for each model that
@@ -38,8 +40,8 @@ CPU; it never goes down, so run one model per call to read each model's
 peak), `program_mem_gb` (XLA's own account of the compiled step: arguments
 + outputs + temporaries - donated), `loss`, `devices`, `device_kind`; then a
 table. `--compare=peer.jsonl` adds the peer's lines (same model, batch) to
-the table. With several processes (see ban_jax/runtime/distributed.py) only process
-0 prints. Side by side with the peer, in one device call:
+the table. With several processes (see ban_jax/runtime/distributed.py)
+only process 0 prints. Side by side with the peer, in one device call:
 
   python3 .peer/peer_torch.py --models wrn28_10 --modes compile > peer.jsonl
   python3 -m ban_jax.tools.bench --models=wrn28_10 --compare=peer.jsonl
@@ -49,10 +51,10 @@ CIFAR). `--xla_options` passes XLA options to the step alone (see
 `config.xla_options`); `--profile_dir=DIR` writes each compiled step's
 optimised HLO and, after each step-mode timing, a `jax.profiler` trace of
 `--profile_steps` more steps (`python -m ban_jax.tools.trace_summary DIR` reads
-them). Results and the tuning log on an H200: docs/performance.md.
+them). Results and the tuning log: docs/performance.md.
 
-The epoch row's `compile_s` is that of the program it runs (the `+aug` one,
-compiled once). Non-model settings (schedule, dtype default) come from
+The epoch row's `compile_s` is that of the programs it runs (the `+aug`
+ones, compiled once). Non-model settings (schedule, dtype default) come from
 `--config` (configs/cifar100.py), with the peer's recipe set over it.
 """
 
@@ -66,10 +68,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ban_jax import config_file
+from ban_jax import models
+from ban_jax import pipeline
+from ban_jax import train
 from ban_jax.data import synthetic
+from ban_jax.models import common
 from ban_jax.runtime import distributed
+from ban_jax.runtime import parallel
 
 # Our registry names -> the names peer_torch.py prints, for --compare.
 PEER_NAMES = {"wrn28_10": "wrn28_10", "resnet18": "resnet18",
@@ -78,21 +86,11 @@ DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # What --modes takes: bare steps, steps with augmentation, a whole epoch.
 MODES = ("step", "step+aug", "epoch")
 _GB = 1e9
-
-
-def _base_config_path() -> str:
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return os.path.join(root, "configs", "cifar100.py")
-
-
-def load_config(path: str):
-  """A full experiment config from a configs/*.py file (every field the
-  trainer reads), to be overridden with the benchmark's recipe."""
-  # Config files import each other as `configs.<name>`.
-  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  return config_file.load(path)
+# --config's default: a full experiment config (every field the trainer
+# reads), which bench_config overrides with the peer's recipe.
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))), "configs", "cifar100.py")
 
 
 def bench_config(base, model: str, batch: int, dtype: str,
@@ -148,26 +146,36 @@ def _program_memory_gb(compiled) -> float | None:
 class KDBench:
   """A teacher + student of one model and batch size, ready to time.
 
-  One trainer per augmentation setting, one initialisation for both, and
-  one compiled step per (augmentation, steps per call), reused across
-  modes: the epoch runs the very program that `<dtype>+aug` timed.
+  One trainer per augmentation setting (`trainers[augment]`), one
+  initialisation for both, and one compiled step per (augmentation, steps
+  per call), reused across modes: the epoch runs the very program that
+  `<dtype>+aug` timed. `build` makes one from the peer's recipe.
   """
 
-  def __init__(self, base_config, model: str, batch: int, dtype: str,
-               steps_per_call: int, data, mesh, xla_options: str = "",
-               profile_dir: str = "", profile_steps: int = 0,
-               float32_classifier: bool = True):
-    # pylint: disable=g-import-not-at-top
-    from ban_jax.runtime import parallel
-    from ban_jax import pipeline
-    from ban_jax import train
-    # pylint: enable=g-import-not-at-top
-    self._train, self._parallel = train, parallel
-    self.data, self.batch = data, batch
+  def __init__(self, trainers: dict[bool, train.GenerationTrainer],
+               data: train.DeviceData, state: train.TrainState,
+               teacher_vars: train.Variables, name: str,
+               profile_dir: str = "", profile_steps: int = 0):
+    self.trainers, self.data = trainers, data
+    self.state, self.teacher_vars = state, teacher_vars
+    self.batch = trainers[False].batch_size
+    self.name = name
     self.profile_dir, self.profile_steps = profile_dir, profile_steps
-    self._prefix = f"{model}_b{batch}" + (
-        "" if float32_classifier else "_lowcls")
-    self.trainers = {}
+    self.rng = jax.random.key(2)
+    # The step modes' fixed order; the epoch draws its own, as fit does.
+    self.perm = train.epoch_permutation(jax.random.key(3), data.num_train)
+    self._compiled = {}
+
+  @classmethod
+  def build(cls, base_config, model: str, batch: int, dtype: str,
+            steps_per_call: int, data: train.DeviceData, mesh,
+            xla_options: str = "", profile_dir: str = "",
+            profile_steps: int = 0,
+            float32_classifier: bool = True) -> "KDBench":
+    """The peer's recipe (`bench_config`) for `model` at global `batch`;
+    `float32_classifier=False` computes the classifier in the compute dtype,
+    to measure what the float32 classifier costs."""
+    trainers = {}
     for augment in (False, True):
       config = bench_config(base_config, model, batch, dtype, steps_per_call,
                             augment, xla_options)
@@ -175,16 +183,15 @@ class KDBench:
       if not float32_classifier:
         student = student.clone(float32_classifier=False)
       # The teacher has the student's architecture, as in born-again chains.
-      self.trainers[augment] = train.GenerationTrainer(
+      trainers[augment] = train.GenerationTrainer(
           config, student, student, data, mesh)
     # One compiled init for both networks (init_state jits afresh per call).
-    init = jax.jit(self.trainers[False].init_state)
-    self.teacher_vars = self.trainers[False].prepare_teacher(
+    init = jax.jit(trainers[False].init_state)
+    teacher_vars = trainers[False].prepare_teacher(
         init(jax.random.key(1)).variables)
-    self.state = init(jax.random.key(0))
-    self.rng = jax.random.key(2)
-    self.perm = train._epoch_permutation(jax.random.key(3), data.num_train)
-    self._compiled = {}
+    name = f"{model}_b{batch}" + ("" if float32_classifier else "_lowcls")
+    return cls(trainers, data, init(jax.random.key(0)), teacher_vars, name,
+               profile_dir, profile_steps)
 
   def _call(self, compiled, perm):
     """One call; the state is donated and replaced by the new one."""
@@ -195,7 +202,7 @@ class KDBench:
 
   def _name(self, augment: bool, num_steps: int) -> str:
     """Names a compiled step's files under --profile_dir."""
-    return f"{self._prefix}_{'aug' if augment else 'bare'}_x{num_steps}"
+    return f"{self.name}_{'aug' if augment else 'bare'}_x{num_steps}"
 
   def compiled(self, augment: bool, num_steps: int):
     """(executable of `num_steps` steps, seconds to lower and compile it)."""
@@ -229,7 +236,7 @@ class KDBench:
     jax.block_until_ready((self.state, sums))
     seconds = time.perf_counter() - start
     num_steps = calls * steps_per_call
-    loss = float(self._parallel.fetch(sums["loss"])) / steps_per_call
+    loss = float(parallel.fetch(sums["loss"])) / steps_per_call
     return {"img_per_s": num_steps * self.batch / seconds,
             "steps": num_steps, "seconds": seconds, "compile_s": compile_s,
             "program_mem_gb": _program_memory_gb(compiled), "loss": loss}
@@ -244,57 +251,57 @@ class KDBench:
         sums = self._call(compiled, self.perm)
       jax.block_until_ready((self.state, sums))
 
-  def epoch(self, steps_per_call: int) -> dict[str, Any]:
-    """One augmented epoch the way `train.fit` runs it: a new permutation,
-    the steps in calls of `steps_per_call` (and one shorter call for the
-    rest), the epoch's summed metrics fetched to the host at the end."""
-    spe = self.trainers[True].steps_per_epoch
-    sizes = [steps_per_call] * (spe // steps_per_call)
-    if spe % steps_per_call:
-      sizes.append(spe % steps_per_call)
+  def epoch(self) -> dict[str, Any]:
+    """One augmented epoch, timed: `train.run_epoch`, the code `train.fit`
+    runs, from the start of an epoch, on the compiled steps that the step
+    modes time (in calls of the config's `steps_per_call`, and one shorter
+    call for the rest)."""
+    trainer = self.trainers[True]
+    spe = trainer.steps_per_epoch
     compile_s = 0.0
-    for n in set(sizes):  # Compiling is not part of an epoch's time.
+    # Compiling is not part of an epoch's time.
+    for n in sorted(set(train.epoch_calls(
+        0, spe, trainer.config.steps_per_call,
+        trainer.config.checkpoint_every_steps))):
       compiled, seconds = self.compiled(True, n)
       compile_s += seconds
       warm = self._call(compiled, self.perm)
     # Nor is compiling the add that sums the metrics, which fit pays once
-    # per process. (Before this warm-up, the epoch rows of WRN-28-10 and
-    # ResNet-18 on an H200 both trailed the bare step by a fixed 0.07-0.11 s.)
-    self._parallel.fetch(jax.tree.map(jnp.add, warm, warm))
-    jax.block_until_ready(self.state)
+    # per process (docs/performance.md: without this, the epoch row trailed
+    # the bare step by a fixed time).
+    parallel.fetch(jax.tree.map(jnp.add, warm, warm))
+    step = self._to_epoch_start(spe)
     start = time.perf_counter()
-    perm = self._train._epoch_permutation(jax.random.key(4),
-                                          self.data.num_train)
-    sums = None
-    for n in sizes:
-      metrics = self._call(self.compiled(True, n)[0], perm)
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums,
-                                                       metrics)
-    host = self._parallel.fetch(sums)
+    self.state, sums = train.run_epoch(
+        trainer, self.state, self.teacher_vars, self.data, jax.random.key(4),
+        self.rng, step, train_steps=lambda n: self.compiled(True, n)[0])
     seconds = time.perf_counter() - start
     return {"img_per_s": spe * self.batch / seconds, "steps": spe,
             "seconds": seconds, "compile_s": compile_s,
-            "loss": float(host["loss"]) / spe}
+            "loss": sums["loss"] / spe}
+
+  def _to_epoch_start(self, steps_per_epoch: int) -> int:
+    """Moves the state's step on to the next epoch's first, as an epoch of
+    training starts there; returns it. The step modes leave it anywhere."""
+    step = int(parallel.fetch(self.state.step))
+    step = -(-step // steps_per_epoch) * steps_per_epoch
+    self.state = self.state.replace(step=jax.device_put(
+        np.asarray(step, self.state.step.dtype), self.state.step.sharding))
+    jax.block_until_ready(self.state)
+    return step
 
 
 def _rows(args):
   """Yields one result dict per (model, batch size, classifier, mode)."""
-  # pylint: disable=g-import-not-at-top
-  from ban_jax.runtime import parallel
-  from ban_jax import train
-  from ban_jax.models import common
-  # pylint: enable=g-import-not-at-top
   devices = jax.devices()
   if args.devices:
     devices = devices[:args.devices]
   mesh = parallel.make_mesh(devices)
-  base = args.base_config
   if not args.steps_per_call:
-    args.steps_per_call = base.steps_per_call
+    args.steps_per_call = args.base_config.steps_per_call
   dtype_label = DTYPE_LABELS[jnp.dtype(common.resolve_dtype(args.dtype)).name]
   labels = {"step": dtype_label, "step+aug": f"{dtype_label}+aug",
             "epoch": "epoch"}
-  modes = _names(args.modes)
   classifiers = (True, False) if args.bf16_classifier else (True,)
   for model in _names(args.models):
     for batch, float32_classifier in itertools.product(
@@ -311,57 +318,66 @@ def _rows(args):
              "classifier": "fp32" if float32_classifier else dtype_label}
       if args.xla_options:
         row["xla_options"] = args.xla_options
-      bench = None
-      try:
-        dataset = synthetic.load(args.num_examples, args.image_size,
-                                 args.num_classes, num_test=batch)
-        data = train.put_dataset(dataset, mesh, batch)
-        bench = KDBench(base, model, batch, args.dtype, args.steps_per_call,
-                        data, mesh, args.xla_options, args.profile_dir,
-                        args.profile_steps,
-                        float32_classifier=float32_classifier)
-      except Exception as e:  # pylint: disable=broad-except
-        # One model's failure (out of memory at a big batch, a failed
-        # compile) must not lose the others' numbers. Bad names were
-        # refused by parse_args.
-        error = f"{type(e).__name__}: {e}"[:500]
-      for mode in modes:
+      bench, error = _build(args, model, batch, mesh, float32_classifier)
+      for mode in _names(args.modes):
         result = dict(row, mode=labels[mode] + (
             "" if float32_classifier else f", {dtype_label} classifier"))
-        if bench is None:
-          result["error"] = error
-          yield result
-          continue
-        try:
-          if mode == "epoch":
-            measured = bench.epoch(args.steps_per_call)
-            measured["num_examples"] = data.num_train
-          else:
-            measured = bench.steps(mode == "step+aug", args.steps,
-                                   args.warmup, args.steps_per_call)
-          measured["peak_mem_gb"] = peak_memory_gb()
-          result.update({k: (round(v, 1 if k == "img_per_s" else 3)
-                             if isinstance(v, float) else v)
-                         for k, v in measured.items()})
-        except Exception as e:  # pylint: disable=broad-except
-          result["error"] = f"{type(e).__name__}: {e}"[:500]
+        result.update(_measure(bench, mode, args) if bench is not None
+                      else {"error": error})
         yield result
-        if (args.profile_dir and args.profile_steps and mode != "epoch"
-            and "error" not in result):
+        if (bench is not None and args.profile_dir and args.profile_steps
+            and mode != "epoch" and "error" not in result):
           # After the row is out: a slow or failing trace loses no timing.
-          try:
-            bench.profile(mode == "step+aug", args.steps_per_call)
-          except Exception as e:  # pylint: disable=broad-except
-            print(f"Profiling {model} {mode} failed: {type(e).__name__}: "
-                  f"{e}", file=sys.stderr)
+          _profile(bench, model, mode, args.steps_per_call)
       del bench
+
+
+def _build(args, model: str, batch: int, mesh, float32_classifier: bool
+           ) -> tuple[KDBench | None, str | None]:
+  """(the benchmark of `model` at `batch`, None), or (None, the error)."""
+  try:
+    dataset = synthetic.load(args.num_examples, args.image_size,
+                                args.num_classes, num_test=batch)
+    data = train.put_dataset(dataset, mesh, batch)
+    return KDBench.build(args.base_config, model, batch, args.dtype,
+                         args.steps_per_call, data, mesh, args.xla_options,
+                         args.profile_dir, args.profile_steps,
+                         float32_classifier), None
+  except Exception as e:  # pylint: disable=broad-except
+    # One model's failure (out of memory at a big batch, a failed compile)
+    # must not lose the others' numbers. Bad names were refused by
+    # parse_args.
+    return None, f"{type(e).__name__}: {e}"[:500]
+
+
+def _measure(bench: KDBench, mode: str, args) -> dict[str, Any]:
+  """One row's measurements (rounded), or its error."""
+  try:
+    if mode == "epoch":
+      measured = bench.epoch()
+      measured["num_examples"] = bench.data.num_train
+    else:
+      measured = bench.steps(mode == "step+aug", args.steps, args.warmup,
+                             args.steps_per_call)
+    measured["peak_mem_gb"] = peak_memory_gb()
+  except Exception as e:  # pylint: disable=broad-except
+    return {"error": f"{type(e).__name__}: {e}"[:500]}
+  return {k: (round(v, 1 if k == "img_per_s" else 3)
+              if isinstance(v, float) else v)
+          for k, v in measured.items()}
+
+
+def _profile(bench: KDBench, model: str, mode: str,
+             steps_per_call: int) -> None:
+  try:
+    bench.profile(mode == "step+aug", steps_per_call)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"Profiling {model} {mode} failed: {type(e).__name__}: {e}",
+          file=sys.stderr)
 
 
 def _has_low_classifier(model: str) -> bool:
   """Whether `model` takes float32_classifier=False (DenseNet does not)."""
-  # pylint: disable=g-import-not-at-top
-  from ban_jax import models
-  # pylint: enable=g-import-not-at-top
   try:
     models.get_model(model, 10, float32_classifier=False)
   except (TypeError, ValueError):
@@ -449,7 +465,7 @@ def parse_args(argv=None):
       help="train-set size on the device (CIFAR's by default)")
   add("--devices", type=int, default=0,
       help="use only the first N devices (default: all)")
-  add("--config", default=_base_config_path(),
+  add("--config", default=DEFAULT_CONFIG,
       help="config file giving every field the trainer reads")
   add("--compare", default="",
       help="JSON lines of peer_torch.py to add to the table")
@@ -473,9 +489,6 @@ def parse_args(argv=None):
 
 def _check_args(parser: argparse.ArgumentParser, args) -> None:
   """Names a bad flag value before anything is compiled."""
-  # pylint: disable=g-import-not-at-top
-  from ban_jax import models
-  # pylint: enable=g-import-not-at-top
   bad_modes = [m for m in _names(args.modes) if m not in MODES]
   if bad_modes or not _names(args.modes):
     parser.error(f"--modes={args.modes!r}: use any of {', '.join(MODES)}.")
@@ -504,7 +517,7 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
                  f"{', '.join(DTYPE_LABELS)}.")
   try:
     # Kept for the benchmark, which reads it after every flag is checked.
-    args.base_config = load_config(args.config)
+    args.base_config = config_file.load(args.config)
   except Exception as e:  # pylint: disable=broad-except
     parser.error(f"--config={args.config!r} cannot be loaded: "
                  f"{type(e).__name__}: {e}. Pass a configs/*.py file.")

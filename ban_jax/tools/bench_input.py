@@ -1,9 +1,11 @@
-"""Images/second of the on-device input pipeline alone.
+"""Images/second of the train step's input alone, without the model.
 
-Times what the train step does to produce a batch, without the model: take
-the step's indices from the epoch's device-side permutation, gather those
-images from a device-resident 50000x32x32x3 uint8 training set, random crop
-+ flip, normalise. One JSON line per batch size:
+Times what the train step does to produce a batch, with the functions it
+runs (`train.batch_indices` and `train.input_batch`): take the step's
+indices from the epoch's device-side permutation, gather those images and
+labels from a device-resident 50000x32x32x3 uint8 training set placed as
+training places it (`parallel.put_train_split`) on every device, random
+crop + flip, normalise. One JSON line per batch size:
 
   python -m ban_jax.tools.bench_input [--steps=50] [--batch_sizes=128,512]
 
@@ -12,6 +14,8 @@ images from a device-resident 50000x32x32x3 uint8 training set, random crop
 
 Compare with the train step's images/second to see what share of a step the
 input costs. The data are random bytes: the work does not depend on them.
+Each step is one compiled call here; in training it is part of the train
+step's program.
 """
 
 import argparse
@@ -19,47 +23,53 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from ban_jax.data import augment
-from ban_jax.data import device_epoch
+from ban_jax import train
+from ban_jax.runtime import parallel
 
 # Channel stats of CIFAR-10's train split; any values cost the same.
-_MEAN = (125.3, 123.0, 113.9)
-_STD = (63.0, 62.1, 66.7)
+MEAN = (125.3, 123.0, 113.9)
+STD = (63.0, 62.1, 66.7)
+# The configs' crop padding: 4 pixels, the Wide-ResNet recipe.
+CROP_PADDING = 4
 
 
-def make_step(batch_size: int):
-  """The per-step input work, jitted: indices -> augmented float batch."""
+def make_step(batch_size: int, mesh: Mesh):
+  """The per-step input work, jitted: step number -> augmented batch.
+
+  Signature: (train_images, train_labels, perm, key, step_in_epoch) ->
+  (float32 images, labels), the step's key folded from `key` and the step
+  as the train step folds it.
+  """
 
   @jax.jit
-  def step(images, perm, key, step_in_epoch):
-    idx = device_epoch.batch_indices(perm, step_in_epoch, batch_size)
-    batch = augment.random_crop_flip(jax.random.fold_in(key, step_in_epoch),
-                                     images[idx])
-    return augment.normalize(batch, _MEAN, _STD)
+  def step(images, labels, perm, key, step_in_epoch):
+    idx = train.batch_indices(perm, step_in_epoch, batch_size)
+    images, labels, _ = train.input_batch(
+        images, labels, idx, jax.random.fold_in(key, step_in_epoch), mesh,
+        crop_flip=True, crop_padding=CROP_PADDING, mean=MEAN, std=STD)
+    return images, labels
 
   return step
 
 
-def bench(images: jax.Array, batch_size: int, steps: int,
-          warmup: int = 3, seed: int = 0) -> float:
+def bench(images: jax.Array, labels: jax.Array, batch_size: int, steps: int,
+          mesh: Mesh, warmup: int = 3, seed: int = 0) -> float:
   """Images/second over `steps` timed steps, after `warmup` untimed ones."""
   key = jax.random.key(seed)
-  perm = jax.jit(device_epoch.epoch_permutation, static_argnums=1)(
-      key, images.shape[0])
-  num_steps = device_epoch.steps_per_epoch(images.shape[0], batch_size)
-  step = make_step(batch_size)
+  perm = train.epoch_permutation(key, images.shape[0])
+  num_steps = images.shape[0] // batch_size
+  step = make_step(batch_size, mesh)
   out = None
   for s in range(warmup):
-    out = step(images, perm, key, s % num_steps)
-  if out is not None:
-    out.block_until_ready()
+    out = step(images, labels, perm, key, s % num_steps)
+  jax.block_until_ready(out)
   start = time.perf_counter()
   for s in range(steps):
-    out = step(images, perm, key, s % num_steps)
-  out.block_until_ready()
+    out = step(images, labels, perm, key, s % num_steps)
+  jax.block_until_ready(out)
   return batch_size * steps / (time.perf_counter() - start)
 
 
@@ -70,7 +80,7 @@ def main(argv=None) -> None:
   parser.add_argument("--warmup", type=int, default=3,
                       help="untimed steps first (the first one compiles)")
   parser.add_argument("--batch_sizes", default="128,512",
-                      help="comma-separated batch sizes")
+                      help="comma-separated global batch sizes")
   parser.add_argument("--num_examples", type=int, default=50_000,
                       help="size of the device-resident training set")
   args = parser.parse_args(argv)
@@ -84,12 +94,20 @@ def main(argv=None) -> None:
                  f"--num_examples={args.num_examples}], e.g. 128,512.")
   if args.steps < 1 or args.warmup < 0:
     parser.error("--steps must be at least 1 and --warmup at least 0.")
+  mesh = parallel.make_mesh()
+  for batch_size in batch_sizes:
+    try:
+      parallel.check_batch_size(batch_size, mesh)
+    except ValueError as e:
+      parser.error(f"--batch_sizes={args.batch_sizes!r}: {e}")
 
   rng = np.random.default_rng(0)
-  images = jax.device_put(rng.integers(
-      0, 256, (args.num_examples, 32, 32, 3), dtype=np.uint8))
+  images, labels = parallel.put_train_split(
+      (rng.integers(0, 256, (args.num_examples, 32, 32, 3), dtype=np.uint8),
+       rng.integers(0, 10, (args.num_examples,), dtype=np.int32)), mesh)
   for batch_size in batch_sizes:
-    img_per_s = bench(images, batch_size, args.steps, args.warmup)
+    img_per_s = bench(images, labels, batch_size, args.steps, mesh,
+                      args.warmup)
     print(json.dumps({"impl": "ban_jax", "model": "input", "mode": "augment",
                       "batch": batch_size,
                       "img_per_s": round(img_per_s, 1)}), flush=True)
