@@ -36,12 +36,13 @@ from ban_jax.runtime import compilation
 # configs/cifar_base.py). A field that is not here but is close to one that
 # is, is a typo; add new fields here when you add them to a config.
 KNOWN_FIELDS = (
-    "seed", "seeds", "num_generations", "ensemble_sizes", "paper_row",
+    "seed", "seeds", "seed_scope", "num_generations", "ensemble_sizes",
+    "paper_row",
     "data.name", "data.augment", "data.crop_padding", "data.source",
     "data.data_dir", "data.archive_path", "data.max_train_examples",
     "data.max_test_examples",
     "model.name", "model.dropout_rate", "model.dtype", "student_model",
-    "student_dropout_rate", "share_stem_classifier",
+    "student_dropout_rate", "share_stem_classifier", "student_baseline",
     "distill.loss", "distill.temperature", "distill.label_weight",
     "distill.teacher_weight", "distill.dkpp_keep_argmax",
     "distill.dkpp_permutation",
@@ -52,6 +53,10 @@ KNOWN_FIELDS = (
     "checkpoint_every_steps", "steps_per_call", "xla_options",
     "compilation_cache_dir",
 )
+
+# config.seed_scope: what each seed trains. chain: its own teacher and
+# students; students: only students, taught by the first seed's teacher.
+SEED_SCOPES = ("chain", "students")
 
 # Image side at which a model's total downsampling is measured: a power of
 # two large enough that every stride divides it.
@@ -317,6 +322,9 @@ def validate(config) -> None:
             float("inf"), ">= 0 (0: only at epoch ends)")
   _positive("distill.temperature", config.distill.temperature)
   _seeds(config)
+  # One seed: the first seed's teacher is its own, as with "chain".
+  _choice("seed scope (config.seed_scope)",
+          config.get("seed_scope", "chain"), SEED_SCOPES)
   if config.num_generations < 1:
     raise ConfigError(
         f"config.num_generations must be >= 1 (a teacher and at least one "

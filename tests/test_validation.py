@@ -91,9 +91,20 @@ def _set(config, path: str, value):
     ("distill.dkpp_permutation", "epoch", "Unknown DKPP permutation "
      "(config.distill.dkpp_permutation) 'epoch'. Valid choices: example, "
      "step."),
+    ("seed_scope", "teacher", "Unknown seed scope (config.seed_scope) "
+     "'teacher'. Valid choices: chain, students."),
 ])
 def test_impossible_values(path, value, message):
   assert message in _error(_set(digits.get_config(), path, value))
+
+
+def test_seed_scope_students_with_one_seed_or_several():
+  # One seed: its own teacher teaches its students, as with "chain".
+  for seeds in ((), (3,), (0, 1, 2)):
+    config = digits.get_config()
+    config.seed_scope = "students"
+    config.seeds = seeds
+    validation.validate(config)
 
 
 def test_unknown_paper_row_lists_the_valid_keys():
