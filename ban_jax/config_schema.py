@@ -206,6 +206,9 @@ _POSITIVE_INT = Rule(int, positive=True)
 _NON_NEGATIVE = Rule(float, minimum=0)
 _FRACTION = Rule(float, minimum=0, below=1)
 _TEXT = Rule(str)
+# config.seed_scope: what each seed trains. chain: its own teacher and
+# students; students: only students, taught by the first seed's teacher.
+SEED_SCOPES = ("chain", "students")
 
 # The rule of every field of configs/default.py (and of no other field).
 RULES = {
@@ -213,6 +216,7 @@ RULES = {
     "seed": Rule(int),
     # Its items: validation._seeds (non-negative integers, no repeats).
     "seeds": Rule(tuple),
+    "seed_scope": Rule(str, choices=SEED_SCOPES, what="seed scope"),
     "num_generations": Rule(int, minimum=1, expected=(
         ">= 1 (a teacher and at least one born-again generation)")),
     # Its items: validation._ensembles (2..num_generations, no repeats).
@@ -238,6 +242,7 @@ RULES = {
     "student_dropout_rate": Rule(float, below=1, expected=(
         "in [0, 1), or negative for model.dropout_rate")),
     "share_stem_classifier": Rule(bool),
+    "student_baseline": Rule(bool),
     "distill.loss": Rule(str, choices=DISTILL_LOSSES,
                          what="distillation loss"),
     "distill.temperature": Rule(float, positive=True),

@@ -7,6 +7,12 @@ outputs. Each generation lives in `<workdir>/seed_<s>/gen_<g>/`: its Orbax
 checkpoints and, once finished, `result.json`. Rerunning the same command
 loads finished generations (never retraining them) and resumes an
 unfinished one from its latest checkpoint.
+
+Beside the chain, `config.student_baseline` trains the students' network
+from the labels alone (report column "Baseline", Table 5's baseline) in
+`seed_<s>/baseline/`; it teaches no one and is in no ensemble. With
+`config.seed_scope="students"` only the first seed trains a teacher, and
+every seed's students learn from it (`seed_<s>/teacher.json` names it).
 """
 
 import dataclasses
@@ -36,6 +42,10 @@ from ban_jax.runtime import preemption
 from ban_jax.runtime import run_settings
 from ban_jax.runtime import workdir_lock
 
+# Report name (folder: lower case) of the labels-only student.
+BASELINE = report.BASELINE
+# fold_in data of the Baseline's random stream: never a generation's index.
+_BASELINE_STREAM = 2**32 - 1
 
 
 @dataclasses.dataclass
@@ -46,6 +56,7 @@ class Generation:
   variables: train.Variables
   test_logits: np.ndarray
   result: dict[str, Any]
+  seed: int = 0  # The seed of the chain that trained it.
 
 
 def build_model(name: str, config, num_classes: int,
@@ -121,14 +132,17 @@ def _settings(config_dict: dict[str, Any]) -> dict[str, Any]:
           if k not in config_schema.RERUN_SAFE_FIELDS}
 
 
+def _has_started(gen_dir: epath.Path) -> bool:
+  """Whether a generation has a complete checkpoint or a result."""
+  # Orbax names a step's folder by its number once the step is complete.
+  return (gen_dir / "result.json").exists() or any(
+      step.name.isdigit() for step in gen_dir.glob("checkpoints/*"))
+
+
 def _has_trained(workdir: epath.Path) -> bool:
-  """Whether any generation in `workdir` has a checkpoint or a result."""
-  for gen in workdir.glob("seed_*/gen_*"):
-    # Orbax names a step's folder by its number once the step is complete.
-    if (gen / "result.json").exists() or any(
-        step.name.isdigit() for step in gen.glob("checkpoints/*")):
-      return True
-  return False
+  """Whether any generation (or Baseline) in `workdir` has trained."""
+  folders = [*workdir.glob("seed_*/gen_*"), *workdir.glob("seed_*/baseline")]
+  return any(_has_started(folder) for folder in folders)
 
 
 def _check_workdir_config(workdir: epath.Path, config) -> None:
@@ -173,14 +187,14 @@ def _check_workdir_config(workdir: epath.Path, config) -> None:
                             + "\n")
 
 
-def _log_epoch(generation: int, num_epochs: int):
+def _log_epoch(generation: int | str, num_epochs: int):
   def log(record):
     test = (f" | test loss {record['test_loss']:.4f} "
             f"acc {record['test_accuracy']:.2f}%"
             if "test_accuracy" in record else "")
     minutes, seconds = divmod(int(record["seconds_left"]), 60)
     logging.info(
-        "gen %d epoch %d/%d | train loss %.4f acc %.2f%%%s | %.0f img/s | "
+        "gen %s epoch %d/%d | train loss %.4f acc %.2f%%%s | %.0f img/s | "
         "lr %.4g | %d:%02d left in this generation", generation,
         record["epoch"], num_epochs, record["train_loss"],
         record["train_accuracy"], test, record["images_per_second"],
@@ -190,13 +204,20 @@ def _log_epoch(generation: int, num_epochs: int):
 
 def _trainer(cache: dict, config, name: str,
              teacher_module: nn.Module | None, share: bool,
-             data: train.DeviceData, mesh) -> train.GenerationTrainer:
+             data: train.DeviceData, mesh, *, generation: int | None = None
+             ) -> train.GenerationTrainer:
   """One trainer per (student, teacher) pair, so that generations 2..G reuse
-  generation 1's compiled steps instead of compiling them again."""
-  key = (name, teacher_module, share)
+  generation 1's compiled steps instead of compiling them again.
+
+  `generation` picks the dropout (`build_model`); by default 1 with a
+  teacher, else 0. The Baseline passes 1: a student without a teacher.
+  """
+  if generation is None:
+    generation = int(teacher_module is not None)
+  key = (name, teacher_module, share, generation > 0)
   if key not in cache:
     student = build_model(name, config, data.num_classes,
-                          generation=int(teacher_module is not None))
+                          generation=generation)
     cache[key] = train.GenerationTrainer(
         config, student, teacher_module, data, mesh,
         frozen=_is_shared if share else None)
@@ -213,29 +234,28 @@ def _each(*callbacks):
   return call
 
 
-def _restore_or_init(trainer: train.GenerationTrainer, index: int,
+def _restore_or_init(trainer: train.GenerationTrainer, what: str,
                      teacher: Generation | None, share: bool, init_rng,
                      ckpt: checkpoints.GenerationCheckpoints,
                      gen_dir: epath.Path
                      ) -> tuple[train.TrainState, dict[str, Any]]:
-  """The generation's latest checkpoint, or a fresh student: (state,
-  progress)."""
+  """The latest checkpoint of `what` (e.g. "Generation 2"), or a fresh
+  student: (state, progress)."""
   restored = ckpt.restore_latest(trainer.abstract_state())
   if restored is not None:
     step, state, progress = restored
     if step < trainer.total_steps:
-      logging.info("Generation %d: resuming from checkpoint step %d of %d.",
-                   index, step, trainer.total_steps)
+      logging.info("%s: resuming from checkpoint step %d of %d.", what, step,
+                   trainer.total_steps)
     else:
-      logging.info("Generation %d: finished earlier; loaded from its final "
-                   "checkpoint (step %d).", index, step)
+      logging.info("%s: finished earlier; loaded from its final checkpoint "
+                   "(step %d).", what, step)
     return state, progress
   result_path = gen_dir / "result.json"
   if result_path.exists():
     raise errors.WorkdirError(
-        f"Generation {index} is marked finished ({result_path}) but has no "
-        f"readable checkpoint in {ckpt.directory}; delete {gen_dir} to "
-        "retrain it.")
+        f"{what} is marked finished ({result_path}) but has no readable "
+        f"checkpoint in {ckpt.directory}; delete {gen_dir} to retrain it.")
   state = trainer.init_state(init_rng)
   if share:
     state = state.replace(params=copy_stem_classifier(
@@ -244,70 +264,88 @@ def _restore_or_init(trainer: train.GenerationTrainer, index: int,
 
 
 def _record_result(config, index: int, trainer: train.GenerationTrainer,
-                   state: train.TrainState, teacher: Generation | None,
+                   state: train.TrainState, source: Generation | None,
                    data: train.DeviceData, progress: dict[str, Any],
-                   gen_dir: epath.Path) -> Generation:
-  """Evaluates the trained generation and writes its result.json."""
+                   gen_dir: epath.Path, labels_only: bool) -> Generation:
+  """Evaluates the trained generation (or the Baseline) and writes its
+  result.json."""
   name = model_name(config, index)
-  teacher_logits = teacher.test_logits if teacher else None
+  teacher_logits = source.test_logits if source else None
   logits = train.test_logits(trainer, trainer.student, state.variables, data)
   metrics = train.evaluate(data, logits, teacher_logits)
   result = {
-      "generation": index, "name": report.generation_label(index),
-      "model": name, "loss": loss_name(config, index),
+      # The Baseline is no generation of the chain: null.
+      "generation": None if labels_only else index,
+      "name": BASELINE if labels_only else report.generation_label(index),
+      "model": name, "loss": "ce" if labels_only else loss_name(config, index),
       "test_accuracy": metrics["test_accuracy"],
       "test_error": 100.0 - metrics["test_accuracy"],
       "test_metrics": metrics, "history": progress.get("history", []),
   }
   if jax.process_index() == 0:
     files.write_atomically(gen_dir / "result.json",
-                            json.dumps(result, indent=2) + "\n")
-  logging.info("Generation %d (%s, %s): test error %.2f%%.", index, name,
+                           json.dumps(result, indent=2) + "\n")
+  logging.info("%s (%s, %s): test error %.2f%%.",
+               BASELINE if labels_only else f"Generation {index}", name,
                result["loss"], result["test_error"])
-  return Generation(index, trainer.student, state.variables, logits, result)
+  return Generation(index, trainer.student, state.variables, logits, result,
+                    config.seed)
 
 
 def run_generation(config, index: int, teacher: Generation | None,
                    data: train.DeviceData, mesh, gen_dir: epath.Path,
                    trainers: dict | None = None,
                    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                   run_config: dict[str, Any] | None = None) -> Generation:
+                   run_config: dict[str, Any] | None = None, *,
+                   labels_only: bool = False) -> Generation:
   """Trains (or loads, if finished) generation `index` of the chain.
 
   `on_epoch`, if given, gets each epoch's record after the progress line is
   logged (the pipeline passes a TensorBoard writer's). Each checkpoint
   carries `run_config` (default: `config`'s), the run's config as
   config.json has it.
+
+  `labels_only`: instead of generation `index`, the Baseline: the same
+  network (and dropout), initialised from a random stream of its own,
+  trained with cross-entropy on the labels alone; `teacher` only lends it
+  its stem and classifier when config.share_stem_classifier (Table 5).
   """
   share = index > 0 and config.share_stem_classifier
+  # Whom the student learns from: the Baseline learns from no one.
+  source = None if labels_only else teacher
+  what = BASELINE if labels_only else f"Generation {index}"
   trainer = _trainer({} if trainers is None else trainers, config,
                      model_name(config, index),
-                     teacher.module if teacher else None, share, data, mesh)
-  gen_rng = jax.random.fold_in(jax.random.key(config.seed), index)
+                     source.module if source else None, share, data, mesh,
+                     generation=index)
+  gen_rng = jax.random.fold_in(jax.random.key(config.seed),
+                               _BASELINE_STREAM if labels_only else index)
   init_rng, train_rng = jax.random.split(gen_rng)
   ckpt = checkpoints.GenerationCheckpoints(
       gen_dir / "checkpoints",
       config=config.to_dict() if run_config is None else run_config)
-  state, progress = _restore_or_init(trainer, index, teacher, share,
-                                     init_rng, ckpt, gen_dir)
+  state, progress = _restore_or_init(trainer, what, teacher, share, init_rng,
+                                     ckpt, gen_dir)
+  # How fit's messages and the progress lines name it.
+  fit_name = BASELINE.lower() if labels_only else index
   try:
     if int(parallel.fetch(state.step)) < trainer.total_steps:
       stop = preemption.requested()  # Arrived after the last train steps.
       if stop:
         raise preemption.StopRequested(
-            f"Stopped by {stop} before training generation {index}; the "
-            "generations before it are finished. Rerun the same command to "
-            "continue.", stop)
+            f"Stopped by {stop} before training {what[0].lower()}{what[1:]}; "
+            "the generations before it are finished. Rerun the same command "
+            "to continue.", stop)
       state, progress = train.fit(
-          trainer, state, teacher.variables if teacher else None, data,
-          train_rng, ckpt, progress, generation=index,
-          teacher_test_logits=teacher.test_logits if teacher else None,
-          on_epoch=_each(_log_epoch(index, config.num_epochs), on_epoch))
+          trainer, state, source.variables if source else None, data,
+          train_rng, ckpt, progress, generation=fit_name,
+          teacher_test_logits=source.test_logits if source else None,
+          on_epoch=_each(_log_epoch(fit_name, config.num_epochs), on_epoch))
   finally:
     # Whatever stops the run, the checkpoint being written is finished.
     ckpt.close()
-  return _record_result(config, index, trainer, state, teacher, data,
-                        progress, gen_dir)
+  return _record_result(config, index, trainer, state, source, data,
+                        progress, gen_dir, labels_only)
 
 
 def ensembles(config, generations: list[Generation],
@@ -331,10 +369,43 @@ def _config_for_seed(config, seed: int):
   return config
 
 
+def _check_teacher(seed_dir: epath.Path, teacher_ref: str) -> None:
+  """Checks that this seed's students learnt from `teacher_ref` (a folder
+  of the workdir: 'seed_<s>/gen_0'), if any trained yet, and records in
+  `seed_dir/teacher.json` a teacher that is another seed's.
+
+  A seed whose students learnt from another teacher (its own, or another
+  seed's, before config.seeds was reordered) cannot go on with this one.
+  """
+  path = seed_dir / "teacher.json"
+  own = f"{seed_dir.name}/gen_0"
+  if path.exists():
+    recorded = json.loads(path.read_text())["teacher"]
+  else:
+    recorded = own if _has_started(seed_dir / "gen_0") else None
+  if recorded not in (None, teacher_ref):
+    raise errors.WorkdirError(
+        f"The students in {seed_dir} learn from the teacher in {recorded}, "
+        f"not {teacher_ref}. With config.seed_scope='students' the first "
+        "of config.seeds trains the teacher of all: list the seeds in "
+        "their first order again, or use a new --workdir.")
+  if teacher_ref != own and not path.exists() and jax.process_index() == 0:
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    report.write_atomically(
+        path, json.dumps({"teacher": teacher_ref}, indent=2) + "\n")
+
+
 def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
-              trainers: dict, run_config: dict[str, Any] | None = None
-              ) -> list[Generation]:
-  """Generations 0..G of one seed (config.seed), trained or loaded.
+              trainers: dict, run_config: dict[str, Any] | None = None,
+              teacher: Generation | None = None
+              ) -> tuple[list[Generation], Generation | None]:
+  """Generations 0..G of one seed (config.seed), trained or loaded, and the
+  Baseline (config.student_baseline; else None), trained after generation 0.
+
+  `teacher`: generation 0 of another seed, trained once for all seeds
+  (config.seed_scope="students"); this seed's students learn from it, and
+  it is returned as this seed's generation 0. Each checkpoint carries
+  `run_config`, the run's config as config.json has it.
 
   `run_config`: the run's config, saved with every checkpoint.
 
@@ -343,18 +414,29 @@ def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
   """
   seed_dir = workdir / f"seed_{config.seed}"
   board_dir = workdir / "tensorboard" / f"seed_{config.seed}"
-  generations: list[Generation] = []
-  for index in range(config.num_generations + 1):
-    teacher = generations[-1] if generations else None
-    writer = metrics_writer.create(board_dir / f"gen_{index}")
+
+  def train_or_load(index, previous, folder, labels_only=False):
+    writer = metrics_writer.create(board_dir / folder)
     try:
-      generations.append(run_generation(
-          config, index, teacher, data, mesh, seed_dir / f"gen_{index}",
-          trainers, on_epoch=metrics_writer.epoch_callback(writer),
-          run_config=run_config))
+      return run_generation(
+          config, index, previous, data, mesh, seed_dir / folder, trainers,
+          on_epoch=metrics_writer.epoch_callback(writer),
+          run_config=run_config, labels_only=labels_only)
     finally:
       writer.close()
-  return generations
+
+  teacher_seed = teacher.seed if teacher else config.seed
+  _check_teacher(seed_dir, f"seed_{teacher_seed}/gen_0")
+  generations: list[Generation] = [teacher] if teacher else []
+  baseline = None
+  for index in range(len(generations), config.num_generations + 1):
+    if index == 1 and config.student_baseline:
+      baseline = train_or_load(1, generations[0], BASELINE.lower(),
+                               labels_only=True)
+    generations.append(
+        train_or_load(index, generations[-1] if generations else None,
+                      f"gen_{index}"))
+  return generations, baseline
 
 
 def paper_entry(config) -> dict[str, Any] | None:
@@ -375,10 +457,13 @@ def paper_entry(config) -> dict[str, Any] | None:
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains and evaluates the chain of every seed; returns results.json.
 
-  `results["per_seed"]` holds each seed's generations and ensembles,
-  `results["over_seeds"]` each column's mean and std over seeds, and
-  `results["generations"]` / `["ensembles"]` the first seed's (what a
-  single-seed run reports).
+  `results["per_seed"]` holds each seed's generations, Baseline (with
+  config.student_baseline) and ensembles, `results["over_seeds"]` each
+  column's mean and std over seeds, and `results["generations"]` /
+  `["baseline"]` / `["ensembles"]` the first seed's (what a single-seed run
+  reports). `results["seed_scope"]` says what the seeds varied: with
+  "students", one teacher (the first seed's, "seed" in each seed's teacher
+  entry) taught every seed's students.
 
   Raises:
     workdir_lock.WorkdirLockedError: another run holds `workdir`.
@@ -416,28 +501,42 @@ def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
   trainers = {}
   per_seed = []
   run_seeds = config_schema.seed_list(config)
+  seed_scope = config.seed_scope
+  shared_teacher = None  # seed_scope="students": the first seed's teacher.
   for i, seed in enumerate(run_seeds):
     if len(run_seeds) > 1:
       logging.info("Seed %d (%d of %d).", seed, i + 1, len(run_seeds))
     seed_config = _config_for_seed(config, seed)
-    generations = run_chain(seed_config, data, mesh, workdir, trainers,
-                            run_config=config.to_dict())
-    per_seed.append({
-        "seed": seed,
-        "generations": [g.result for g in generations],
-        "ensembles": ensembles(seed_config, generations, data.test_labels),
-    })
-    del generations  # Frees the devices of this seed's networks.
+    generations, baseline = run_chain(seed_config, data, mesh, workdir,
+                                      trainers, run_config=config.to_dict(),
+                                      teacher=shared_teacher)
+    if seed_scope == "students" and shared_teacher is None:
+      shared_teacher = generations[0]
+    chain = {"seed": seed,
+             "generations": [g.result for g in generations]}
+    if seed_scope == "students":
+      # Which seed's chain trained this seed's teacher.
+      chain["generations"][0] = {**generations[0].result,
+                                 "seed": generations[0].seed}
+    if baseline is not None:
+      chain["baseline"] = baseline.result
+    chain["ensembles"] = ensembles(seed_config, generations,
+                                   data.test_labels)
+    per_seed.append(chain)
+    del generations, baseline  # Frees the devices of this seed's networks.
   results = {
       "dataset": dataset.name,
       "loss": config.distill.loss,
       **dkpp_choices(config),
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "seeds": run_seeds,
+      "seed_scope": seed_scope,
       "generations": per_seed[0]["generations"],
+      **({"baseline": per_seed[0]["baseline"]}
+         if "baseline" in per_seed[0] else {}),
       "ensembles": per_seed[0]["ensembles"],
       "per_seed": per_seed,
-      "over_seeds": report.over_seeds(per_seed),
+      "over_seeds": report.over_seeds(per_seed, seed_scope),
   }
   paper = paper_entry(config)
   if paper:

@@ -38,8 +38,10 @@ Table 3, Wide-ResNet teachers (Teacher -> WRN BAN / -> DenseNet-90-60):
   --config=configs/cifar100.py:model=wrn28_10,student=densenet90_60   [16.79]
 
 Table 5, DenseNet-90-60 teacher -> residual students sharing its stem and
-classifier (frozen), baseline -> BAN (see ban_jax/models/resnet.py for our
-reading of the students' names):
+classifier (frozen), Baseline -> BAN (see ban_jax/models/resnet.py for our
+reading of the students' names). `share` also trains the Baseline, the
+student from labels alone with the teacher's stem and classifier frozen, in
+the same run (seed_<s>/baseline/; results.md's Baseline column):
   --config=configs/cifar100.py:model=densenet90_60,student=densepreresnet14_0.5,share  [20.28 -> 18.8]
   --config=configs/cifar100.py:model=densenet90_60,student=densepreresnet14_1,share    [18.84 -> 17.39]
   --config=configs/cifar100.py:model=densenet90_60,student=densewrn1_1,share           [20.4 -> 19.12]

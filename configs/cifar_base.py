@@ -16,7 +16,9 @@ list of `key=value` settings and flags:
   loss=NAME         ce, kd, kd+label, cwtm or dkpp (default kd)
   generations=G     born-again generations after the teacher (default 3)
   seeds=0/1/2       seeds to run the chain with (default 0)
-  share             copy the teacher's stem and classifier, frozen (Table 5)
+  share             copy the teacher's stem and classifier, frozen, and
+                    train the student from labels alone as well (Table 5's
+                    Baseline column; --config.student_baseline=False: not)
   smoke             a tiny model on a few hundred images for 1 epoch: the
                     whole chain in about a minute on CPU (tests use it)
 
@@ -82,6 +84,8 @@ def cifar_config(dataset: str, argument: str | None
   config.student_dropout_rate = dropout_for(
       config.student_model or config.model.name)
   config.share_stem_classifier = bool(settings.get("share", False))
+  # Table 5 compares BAN with this labels-only student: same run.
+  config.student_baseline = config.share_stem_classifier
   config.distill.loss = settings.get("loss", config.distill.loss)
   config.num_generations = int(settings.get("generations",
                                             config.num_generations))

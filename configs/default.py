@@ -30,6 +30,9 @@ RERUN_SAFE_FIELDS = (
     "checkpoint_every_steps", "steps_per_call", "xla_options",
     "compilation_cache_dir", "seeds", "paper_row", "data.source",
     "data.data_dir", "data.archive_path",
+    # The Baseline has its own folder and random stream: adding it to a
+    # finished workdir changes no generation.
+    "student_baseline",
 )
 
 
@@ -41,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # Seeds to run the whole chain with, e.g. (0, 1, 2); empty: just `seed`.
   config.seeds = ()
+  # chain: each seed trains its teacher; students: the first seed's teaches all.
+  config.seed_scope = "chain"
   # Born-again generations after the teacher (generation 0).
   config.num_generations = 3
   # Ens*k sizes to report; empty means every k in 2..num_generations.
@@ -80,6 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.student_dropout_rate = -1.0
   # Copy the teacher's stem conv and classifier into students, frozen.
   config.share_stem_classifier = False
+  # Also train the students' network from labels alone ("Baseline" column).
+  config.student_baseline = False
 
   config.distill = ml_collections.ConfigDict()
   # Loss of generations >= 1: ce, kd (BAN), kd+label (BAN+L), cwtm, dkpp.

@@ -13,6 +13,8 @@ import tarfile
 import ml_collections
 import numpy as np
 
+from ban_jax import config_schema
+
 
 class Py2Pickler(pickle._Pickler):  # pylint: disable=protected-access
   """Writes what Python 2's cPickle wrote: str opcodes, numpy.core names.
@@ -135,5 +137,6 @@ def write_tar(path, folder, files):
 
 
 def config(**kwargs):
-  """A `config.data` with just these fields."""
-  return ml_collections.ConfigDict(kwargs)
+  """configs/default.py's `config.data`, with these fields set."""
+  return ml_collections.ConfigDict(
+      {**config_schema.defaults().data.to_dict(), **kwargs})

@@ -352,12 +352,16 @@ def test_bf16_classifier_adds_the_same_modes_with_the_low_classifier(
 
   class FakeKDBench:
 
-    def __init__(self, base, model, batch, dtype, steps_per_call, data,
-                 mesh, xla_options, profile_dir, profile_steps,
-                 float32_classifier):
-      del base, batch, steps_per_call, data, mesh, xla_options
+    def __init__(self, data):
+      self.data = data
+
+    @classmethod
+    def build(cls, base, model, batch, dtype, steps_per_call, data, mesh,
+              xla_options, profile_dir, profile_steps, float32_classifier):
+      del base, batch, steps_per_call, mesh, xla_options
       del profile_dir, profile_steps
       made.append((model, dtype, float32_classifier))
+      return cls(data)
 
     def steps(self, augment, steps, warmup, steps_per_call):
       del augment, steps, warmup, steps_per_call

@@ -27,6 +27,7 @@ ROOT = pathlib.Path(__file__).parent.parent
 _PAPER = {
     "seed": 0,
     "seeds": (),
+    "seed_scope": "chain",
     "num_generations": 3,
     "ensemble_sizes": (),
     "paper_row": "table3/wrn28_10/ban",
@@ -37,6 +38,7 @@ _PAPER = {
     "student_model": "",
     "student_dropout_rate": 0.3,
     "share_stem_classifier": False,
+    "student_baseline": False,
     "distill": {"loss": "kd", "temperature": 1.0, "label_weight": 1.0,
                 "teacher_weight": 1.0, "dkpp_keep_argmax": False,
                 "dkpp_permutation": "example", "attention_weight": 0.0,
@@ -146,10 +148,19 @@ def test_dropout_follows_each_network(argument, dropout, student_dropout):
   assert config.student_dropout_rate == student_dropout
 
 
+def test_share_also_trains_the_baseline():
+  # Every Table 5 command produces the paper's Baseline column too.
+  config = cifar100.get_config("model=densenet90_60,student=densewrn1_1,share")
+  assert config.share_stem_classifier and config.student_baseline
+  assert config.paper_row == "table5/densenet90_60/densewrn1_1"
+  assert not cifar100.get_config("model=densenet90_60").student_baseline
+
+
 def test_digits_config_is_the_readme_job():
   assert digits.get_config().to_dict() == {
       "seed": 0,
       "seeds": (),
+      "seed_scope": "chain",
       "num_generations": 3,
       "ensemble_sizes": (),
       "paper_row": "",
@@ -160,6 +171,7 @@ def test_digits_config_is_the_readme_job():
       "student_model": "",
       "student_dropout_rate": -1.0,
       "share_stem_classifier": False,
+      "student_baseline": False,
       "distill": _PAPER["distill"],
       "optim": {"learning_rate": 0.05, "momentum": 0.9, "nesterov": True,
                 "weight_decay": 5e-4, "lr_decay_epochs": (8, 12),

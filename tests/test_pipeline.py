@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from etils import epath
 
+from ban_jax import errors
+from ban_jax import models
 from ban_jax import pipeline
 from ban_jax import train
 from ban_jax import validation
@@ -420,3 +422,242 @@ def test_shared_stem_and_classifier_stay_the_teachers(tmp_path,
     jax.tree.map(np.testing.assert_array_equal, student[name], teacher[name])
   assert not np.allclose(student["stage0_block0"]["Conv_0"]["kernel"],
                          teacher["stage0_block0"]["Conv_0"]["kernel"])
+
+
+def test_an_old_workdir_without_the_new_fields_is_accepted(
+    tmp_path, tiny_digits_config):
+  # A workdir from before seed_scope and student_baseline existed: it ran
+  # "chain" and trained no Baseline, so the defaults continue it.
+  check = pipeline._check_workdir_config  # pylint: disable=protected-access
+  saved = tiny_digits_config().to_dict()
+  del saved["seed_scope"], saved["student_baseline"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  (tmp_path / "seed_0" / "gen_0" / "checkpoints" / "21").mkdir(parents=True)
+  check(epath.Path(tmp_path), tiny_digits_config())
+  # The Baseline may be added to (or dropped from) a trained workdir; the
+  # scope may not change.
+  added = tiny_digits_config()
+  added.student_baseline = True
+  check(epath.Path(tmp_path), added)
+  students = tiny_digits_config()
+  students.seed_scope = "students"
+  with pytest.raises(validation.ConfigError,
+                     match=r"\(seed_scope: 'chain' there, 'students' now\)"):
+    check(epath.Path(tmp_path), students)
+
+
+# ------------------------------------------- Table 5's Baseline column
+
+
+def _tiny_table5_student(monkeypatch):
+  """densewrn students shaped like densenet16_4 (test_models.py's pair):
+  the same stem (3x3, 8 channels) and classifier (16 -> 10) on digits."""
+  get_model = models.get_model
+
+  def get(name, num_classes, **kwargs):
+    if name.startswith("densewrn"):
+      kwargs = {"dense_depth": 16, "dense_growth": 4, **kwargs}
+    return get_model(name, num_classes, **kwargs)
+  monkeypatch.setattr(models, "get_model", get)
+
+
+def _final_params(workdir, folder, config, name, teacher_name, share):
+  """The checkpointed final params in `<workdir>/<folder>`, read with the
+  trainer of that network (`teacher_name`: the teacher it learnt from)."""
+  mesh = parallel.make_mesh()
+  data = train.put_dataset(pipeline.load_dataset(config.data), mesh,
+                           config.eval_batch_size)
+  teacher = (pipeline.build_model(teacher_name, config, data.num_classes)
+             if teacher_name else None)
+  trainer = pipeline._trainer({}, config, name, teacher, share, data, mesh,
+                              generation=int(folder != "seed_0/gen_0"))
+  ckpt = checkpoints.GenerationCheckpoints(
+      epath.Path(workdir) / folder / "checkpoints")
+  step, state, _ = ckpt.restore_latest(trainer.abstract_state())
+  ckpt.close()
+  assert step == trainer.total_steps
+  return parallel.fetch(state.params)
+
+
+@pytest.fixture(scope="module")
+def table5(tmp_path_factory, tiny_digits_config):
+  """densenet16_4 -> densewrn1_0.25 sharing stem and classifier, with the
+  Baseline; stopped after the Baseline's first epoch, then resumed."""
+  monkeypatch = pytest.MonkeyPatch()
+  _tiny_table5_student(monkeypatch)
+  config = tiny_digits_config(num_generations=1)
+  config.model.name = "densenet16_4"
+  config.student_model = "densewrn1_0.25"
+  config.share_stem_classifier = True
+  config.student_baseline = True
+  config.paper_row = "table5/densenet90_60/densewrn1_1"
+  workdir = tmp_path_factory.mktemp("table5")
+
+  def crash():
+    raise KeyboardInterrupt("simulated crash")
+  with pytest.MonkeyPatch.context() as crashing:
+    first = FitSpy(crashing)
+    _after_epoch(crashing, generation="baseline", epoch=1, action=crash)
+    with pytest.raises(KeyboardInterrupt):
+      pipeline.run(config, str(workdir))
+  with pytest.MonkeyPatch.context() as resuming:
+    second = FitSpy(resuming)
+    results = pipeline.run(config, str(workdir))
+  yield config, workdir, results, first.calls, second.calls
+  monkeypatch.undo()
+
+
+def test_the_baseline_trains_after_the_teacher_and_resumes(table5):
+  _, workdir, results, first, second = table5
+  assert [(c["generation"], c["initial_step"]) for c in first] == [
+      (0, 0), ("baseline", 0)]
+  # The teacher is loaded; the Baseline resumes, BAN-1 starts.
+  assert [(c["generation"], c["initial_step"]) for c in second] == [
+      ("baseline", 21), (1, 0)]
+  assert (workdir / "seed_0" / "baseline" / "result.json").exists()
+  assert [g["name"] for g in results["generations"]] == ["Teacher", "BAN-1"]
+  assert results["per_seed"][0]["baseline"] == results["baseline"]
+
+
+def test_the_baseline_learns_from_labels_with_the_teachers_frozen_layers(
+    table5):
+  config, workdir, results, first, second = table5
+  baseline = results["baseline"]
+  assert (baseline["name"], baseline["model"], baseline["loss"],
+          baseline["generation"]) == ("Baseline", "densewrn1_0.25", "ce",
+                                      None)
+  assert "teacher_agreement" not in baseline["test_metrics"]
+  assert results["generations"][1]["loss"] == "kd"  # BAN-1: the teacher's.
+  # No teacher network in its step, no teacher outputs.
+  for call in (first[1], second[0]):
+    assert not call["has_teacher_module"] and call["teacher_vars"] is None
+  assert second[1]["has_teacher_module"]  # BAN-1 still learns from it.
+  teacher = _final_params(workdir, "seed_0/gen_0", config, "densenet16_4",
+                          None, False)
+  for folder in ("baseline", "gen_1"):
+    student = _final_params(workdir, f"seed_0/{folder}", config,
+                            "densewrn1_0.25",
+                            None if folder == "baseline" else "densenet16_4",
+                            True)
+    for name in ("stem", "classifier"):
+      jax.tree.map(np.testing.assert_array_equal, student[name],
+                   teacher[name])
+  # Its own initialisation, not BAN-1's: every other kernel differs.
+  start, ban_start = first[1]["initial_params"], second[1]["initial_params"]
+  for name in start:
+    kernels = [(a, b) for a, b in zip(jax.tree.leaves(start[name]),
+                                      jax.tree.leaves(ban_start[name]))
+               if a.ndim > 1]
+    for a, b in kernels:
+      assert np.array_equal(a, b) == (name in ("stem", "classifier")), name
+
+
+def test_the_baseline_column_beside_the_papers(table5):
+  _, workdir, results, _, _ = table5
+  text = (workdir / "results.md").read_text()
+  baseline = results["baseline"]["test_error"]
+  ban = results["generations"][1]["test_error"]
+  assert "| Model | Teacher | Baseline | BAN-1 |" in text
+  assert f"| {baseline:.2f} | {ban:.2f} |" in text
+  # The paper's Baseline and BAN lined up under ours; no teacher number.
+  assert ("| Paper, Table 5 (`table5/densenet90_60/densewrn1_1`) | – | "
+          "20.40 | 19.12 |") in text
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk["baseline"]["test_error"] == baseline
+  assert on_disk["paper"]["test_error"] == {"Baseline": 20.4, "BAN-1": 19.12}
+  assert [c["name"] for c in on_disk["over_seeds"]] == [
+      "Teacher", "Baseline", "BAN-1"]
+
+
+def test_a_rerun_loads_the_baseline(table5, monkeypatch):
+  config, workdir, results, _, _ = table5
+  _tiny_table5_student(monkeypatch)
+  spy = FitSpy(monkeypatch)
+  again = pipeline.run(config, str(workdir))
+  assert spy.calls == []
+  assert again["baseline"] == results["baseline"]
+  assert _scores(again) == _scores(results)
+
+
+# ------------------------------------------- one teacher for all seeds
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory, tiny_digits_config):
+  """seed_scope="students", seeds (0, 1): stopped in seed 1's BAN-1 after
+  its first epoch, then resumed."""
+  config = tiny_digits_config(num_generations=1)
+  config.seeds = (0, 1)
+  config.seed_scope = "students"
+  workdir = tmp_path_factory.mktemp("students")
+  ends = []
+
+  def crash_in_the_second_ban_1():
+    ends.append(1)
+    if len(ends) == 2:  # Seed 0's BAN-1 logs epoch 1 first.
+      raise KeyboardInterrupt("simulated crash")
+  with pytest.MonkeyPatch.context() as crashing:
+    first = FitSpy(crashing)
+    _after_epoch(crashing, generation=1, epoch=1,
+                 action=crash_in_the_second_ban_1)
+    with pytest.raises(KeyboardInterrupt):
+      pipeline.run(config, str(workdir))
+  with pytest.MonkeyPatch.context() as resuming:
+    second = FitSpy(resuming)
+    results = pipeline.run(config, str(workdir))
+  return config, workdir, results, first.calls, second.calls
+
+
+def test_one_teacher_teaches_every_seed(students):
+  _, workdir, results, first, second = students
+  # One teacher trained; seed 1 resumes its BAN-1 and trains no teacher.
+  assert [c["generation"] for c in first] == [0, 1, 1]
+  assert [(c["generation"], c["initial_step"]) for c in second] == [(1, 21)]
+  assert not (workdir / "seed_1" / "gen_0").exists()
+  assert json.loads((workdir / "seed_1" / "teacher.json").read_text()) == {
+      "teacher": "seed_0/gen_0"}
+  assert not (workdir / "seed_0" / "teacher.json").exists()
+  # Both seeds' BAN-1 got the same teacher's variables.
+  for call in (first[2], second[0]):
+    jax.tree.map(np.testing.assert_array_equal, call["teacher_vars"],
+                 first[1]["teacher_vars"])
+  seed_0, seed_1 = results["per_seed"]
+  assert seed_0["generations"][0] == seed_1["generations"][0]
+  assert seed_1["generations"][0]["seed"] == 0
+  # Two students: their own initialisation and their own results.
+  assert not np.array_equal(first[1]["initial_params"]["stem"]["kernel"],
+                            first[2]["initial_params"]["stem"]["kernel"])
+  assert (seed_0["generations"][1]["history"][0]["train_loss"]
+          != seed_1["generations"][1]["history"][0]["train_loss"])
+
+
+def test_the_report_says_the_seeds_varied_only_the_students(students):
+  _, workdir, results, _, _ = students
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk["seed_scope"] == "students"
+  teacher, ban_1 = on_disk["over_seeds"]
+  error = results["generations"][0]["test_error"]
+  assert (teacher["name"], teacher["test_errors"], teacher["seeds"],
+          teacher["test_error_std"]) == ("Teacher", [error], [0], 0.0)
+  assert ban_1["seeds"] == [0, 1] and len(ban_1["test_errors"]) == 2
+  text = (workdir / "results.md").read_text()
+  assert f"| {error:.2f} (one run) | {ban_1['test_error_mean']:.2f} ± " in (
+      text)
+  assert "Seed scope `students`: one teacher, trained once with seed 0" in (
+      text)
+
+
+def test_a_students_rerun_loads_everything(students, monkeypatch):
+  config, workdir, results, _, _ = students
+  spy = FitSpy(monkeypatch)
+  again = pipeline.run(config, str(workdir))
+  assert spy.calls == []
+  assert again["per_seed"] == results["per_seed"]
+  # Reordered seeds would make seed 1 the teacher of seed 0's students.
+  reordered = config.copy_and_resolve_references()
+  reordered.seeds = (1, 0)
+  with pytest.raises(errors.WorkdirError,
+                     match="The students in .*seed_1 learn from the teacher "
+                     "in seed_0/gen_0, not seed_1/gen_0"):
+    pipeline.run(reordered, str(workdir))
+  assert spy.calls == []

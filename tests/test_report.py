@@ -134,6 +134,42 @@ def test_two_seeds_get_the_per_seed_section():
           "| 3 | 20.00 | 18.00 |\n| 7 | 22.00 | 18.50 |\n") in text
 
 
+def _with_baseline(chain, error):
+  chain["baseline"] = {"generation": None, "name": "Baseline",
+                       "model": "wrn10_1", "loss": "ce", "test_error": error,
+                       "test_accuracy": 100 - error}
+  return chain
+
+
+def test_the_baseline_column_sits_beside_the_teacher():
+  per_seed = [_with_baseline(_chain(0, [20.0, 18.0], []), 19.5),
+              _with_baseline(_chain(1, [22.0, 18.5], []), 20.5)]
+  summary = report.over_seeds(per_seed)
+  assert [c["name"] for c in summary] == ["Teacher", "Baseline", "BAN-1"]
+  assert summary[1]["test_errors"] == [19.5, 20.5]
+  results = _results(per_seed, "table5/densenet90_60/densewrn1_1")
+  table = report.markdown_table(results)
+  assert "| Model | Teacher | Baseline | BAN-1 |" in table
+  assert "| 21.00 ± 1.41 | 20.00 ± 0.71 | 18.25 ± 0.35 |" in table
+  assert ("| Paper, Table 5 (`table5/densenet90_60/densewrn1_1`) | – | "
+          "20.40 | 19.12 |") in table
+
+
+def test_one_teacher_for_all_seeds_is_one_number():
+  # seed_scope="students": every seed's chain holds the one teacher.
+  per_seed = [_chain(0, [20.0, 18.0], []), _chain(1, [20.0, 18.5], []),
+              _chain(2, [20.0, 19.0], [])]
+  teacher, ban_1 = report.over_seeds(per_seed, "students")
+  assert (teacher["test_errors"], teacher["seeds"], teacher["test_error_std"]
+          ) == ([20.0], [0], 0.0)
+  assert ban_1["test_errors"] == [18.0, 18.5, 19.0]
+  results = {**_results(per_seed), "seed_scope": "students"}
+  text = report.markdown(results)
+  assert "| 20.00 (one run) | 18.50 ± 0.50 |" in text
+  assert "Seed scope `students`: one teacher, trained once with seed 0" in text
+  assert "Seed scope `chain`" in report.markdown(_results(per_seed))
+
+
 def _plotted(monkeypatch, results):
   """The figure `report.plot` draws, caught as it is saved."""
   drawn = []
@@ -180,6 +216,17 @@ def test_plot_draws_mean_std_seeds_ensembles_and_the_paper(monkeypatch):
                               [2.15, 15.39]])
 
 
+def test_plot_puts_the_baseline_left_of_ban_1(monkeypatch):
+  per_seed = [_with_baseline(_chain(0, [20.0, 18.0], []), 19.5)]
+  ax = _plotted(monkeypatch, _results(per_seed,
+                                      "table5/densenet90_60/densewrn1_1"))
+  ours, baseline = ax.containers
+  assert baseline.get_label() == "Baseline: the student from labels alone"
+  np.testing.assert_allclose(baseline.lines[0].get_xydata(), [[0.85, 19.5]])
+  (paper,) = ax.collections[-1:]
+  np.testing.assert_allclose(paper.get_offsets(), [[0.85, 20.4], [1, 19.12]])
+
+
 def test_write_puts_three_files_and_nothing_else(tmp_path):
   per_seed = [_chain(0, [20.0, 18.0, 17.0], [16.0])]
   results = _results(per_seed)
@@ -199,7 +246,8 @@ def test_write_puts_three_files_and_nothing_else(tmp_path):
 
 
 def test_paper_rows_use_our_names():
-  columns = {"Teacher", "BAN-1", "BAN-2", "BAN-3", "Ens*2", "Ens*3"}
+  columns = {"Teacher", "Baseline", "BAN-1", "BAN-2", "BAN-3", "Ens*2",
+             "Ens*3"}
   assert len(paper_results.ROWS) == 8 + 16 + 8 + 6
   for key, row in paper_results.ROWS.items():
     assert re.fullmatch(r"table[1-5]/[\w.]+/[\w.+]+", key), key
@@ -216,9 +264,9 @@ def test_paper_rows_use_our_names():
   assert paper_results.get("table3/wrn28_10/densenet90_60").test_error == {
       "Teacher": 19.08, "BAN-1": 16.79}
   assert paper_results.get("table5/densenet90_60/densewrn4_0.5").test_error == {
-      "BAN-1": 17.13}
+      "Baseline": 19.63, "BAN-1": 17.13}
   assert paper_results.get("table5/densenet90_60/densewrn4_1").test_error == {
-      "BAN-1": 17.18}
+      "Baseline": 18.77, "BAN-1": 17.18}
   assert paper_results.get("table1/wrn28_10/ban").dataset == "cifar10"
   assert paper_results.find("digits", "wrn10_2", "", "kd") is None
 
@@ -226,8 +274,8 @@ def test_paper_rows_use_our_names():
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
 def test_every_command_in_the_config_docstrings_names_its_paper_row(dataset):
   # Each documented command (one per paper row) builds a config whose
-  # paper row holds the numbers printed beside it (a row's note has the ones it does not
-  # report as a column: the separate BAN run, Table 5's label baseline).
+  # paper row holds the numbers printed beside it (a row's note has the one
+  # it does not report as a column: Table 2's separate BAN run).
   module = importlib.import_module(f"configs.{dataset}")
   commands = re.findall(
       rf"--config=configs/{dataset}\.py:(\S+)\s+\[([\d.]+)(?: -> ([\d.]+))?\]",
@@ -241,10 +289,10 @@ def test_every_command_in_the_config_docstrings_names_its_paper_row(dataset):
     if not second:  # [BAN-1]
       assert row.test_error["BAN-1"] == float(first), (argument, row)
       continue
-    # [teacher -> BAN]; Table 5's "teacher" is the student trained from
-    # labels alone, Table 2's BAN the separate run (both in the note).
+    # [teacher -> BAN]; Table 5's "teacher" is the Baseline, the student
+    # trained from labels alone; Table 2's BAN the separate run (its note).
     if row.table == "Table 5":
-      assert f"labels alone: {float(first):.2f}." in row.note, (argument, row)
+      assert row.test_error["Baseline"] == float(first), (argument, row)
     else:
       assert row.test_error["Teacher"] == float(first), (argument, row)
     if row.table == "Table 2":
@@ -312,7 +360,9 @@ def test_find_and_mismatches_treat_a_student_like_the_teacher_as_none():
           "batch_size is 64, the paper's is 128",
           "optim.learning_rate is 0.05, the paper's is 0.1",
           "optim.lr_decay_epochs is (8, 12), the paper's is (60, 120, 160)",
-          "data.augment is False, the paper's is True"]
+          "data.augment is False, the paper's is True",
+          "student_baseline is False: the paper's Baseline has no "
+          "counterpart in this run"]
 
 
 def test_mismatches_list_every_recipe_field_the_run_changes():

@@ -144,11 +144,22 @@ _DECAY_EPOCHS = ("config.optim.lr_decay_epochs must be a tuple of increasing "
     ("distill.dkpp_permutation", "batch",
      "Unknown DKPP permutation (config.distill.dkpp_permutation) 'batch'. "
      "Valid choices: example, step."),
+    ("seed_scope", "teacher", "Unknown seed scope (config.seed_scope) "
+     "'teacher'. Valid choices: chain, students."),
 ])
 def test_impossible_values(path, value, message):
   error = _error(_set(digits.get_config(), path, value))
   assert message in error
   assert not error.startswith("The config has")  # One problem, told once.
+
+
+def test_seed_scope_students_with_one_seed_or_several():
+  # One seed: its own teacher teaches its students, as with "chain".
+  for seeds in ((), (3,), (0, 1, 2)):
+    config = digits.get_config()
+    config.seed_scope = "students"
+    config.seeds = seeds
+    validation.validate(config)
 
 
 def test_unknown_paper_row_lists_the_valid_keys():

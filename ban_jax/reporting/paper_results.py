@@ -10,10 +10,12 @@ a chain of one architecture, or the student's model name for a
 cross-architecture chain (Tables 3 and 5). E.g. `table2/densenet90_60/ban`,
 `table2/densenet90_60/cwtm`, `table3/wrn28_10/densenet90_60`,
 `table5/densenet90_60/densewrn1_1`. Each row's numbers are keyed by our
-report's column names (Teacher, BAN-1, BAN-2, ..., Ens*2, ...), so that a
-run's column and the paper's number for it line up. Numbers are test error
-(%) from Furlanello et al. (ICML 2018), as transcribed in PAPER.md. Table 6
-(PTB perplexity) has no rows: ban_jax trains no language models.
+report's column names (Teacher, Baseline, BAN-1, BAN-2, ..., Ens*2, ...),
+so that a run's column and the paper's number for it line up; Baseline is
+Table 5's student trained from labels alone (config.student_baseline).
+Numbers are test error (%) from Furlanello et al. (ICML 2018), as
+transcribed in PAPER.md. Table 6 (PTB perplexity) has no rows: ban_jax
+trains no language models.
 
 The paper's training recipe is data too (`RECIPE`, `recipe`), so that
 `mismatches` can list every way a run differs from the row it is shown
@@ -120,9 +122,10 @@ def _rows() -> dict[str, PaperRow]:
   for student, (baseline, ban) in _TABLE5.items():
     rows[f"table5/densenet90_60/{student}"] = PaperRow(
         "Table 5", "cifar100", "densenet90_60", student, "kd", True,
-        {"BAN-1": ban},
-        f"The student trained from labels alone: {baseline:.2f}. Table 5 "
-        "gives no teacher error (Table 2 has 17.69 for DenseNet-90-60).")
+        {"Baseline": baseline, "BAN-1": ban},
+        "Baseline: the student trained from labels alone, with the "
+        "teacher's stem and classifier copied in and frozen. Table 5 gives "
+        "no teacher error (Table 2 has 17.69 for DenseNet-90-60).")
   return rows
 
 
@@ -238,12 +241,15 @@ def is_capped(config) -> bool:
 
 
 def columns_missing(row: PaperRow, config) -> list[str]:
-  """The row's columns (BAN-k, Ens*k) that the config's run does not have."""
+  """The row's columns (Baseline, BAN-k, Ens*k) that the config's run does
+  not have."""
   generations = config.num_generations
   sizes = tuple(config.ensemble_sizes) or tuple(
       range(2, generations + 1))
   shown = {"Teacher"} | {f"BAN-{g}" for g in range(1, generations + 1)} | {
       f"Ens*{k}" for k in sizes}
+  if config.student_baseline:
+    shown.add("Baseline")
   return [name for name in row.test_error if name not in shown]
 
 
@@ -281,6 +287,10 @@ def mismatches(row: PaperRow, config) -> list[str]:
   if _field(config, "model.dtype") == "float16":
     out.append("model.dtype is 'float16', the paper's is float32")
   missing = columns_missing(row, config)
+  if "Baseline" in missing:
+    missing.remove("Baseline")
+    out.append("student_baseline is False: the paper's Baseline has no "
+               "counterpart in this run")
   if missing:
     sizes = tuple(config.ensemble_sizes)
     out.append(f"num_generations is {config.num_generations}"

@@ -1,15 +1,19 @@
 """Reports of a chain: results.json, the paper-style results.md, results.png.
 
 `results` is the dict `pipeline.run` returns. Every seed's chain is in
-`results["per_seed"]` (a list of {"seed", "generations", "ensembles"});
-`results["generations"]` and `results["ensembles"]` repeat the first seed's,
-for readers of single-seed runs. The report's columns are the chain's
-generations (Teacher, BAN-1, ...) then its ensembles (Ens*2, ...); with
+`results["per_seed"]` (a list of {"seed", "generations", "ensembles"} and,
+when the run trains it, "baseline"); `results["generations"]`,
+`["baseline"]` and `["ensembles"]` repeat the first seed's, for readers of
+single-seed runs. The report's columns are the teacher, the Baseline (the
+students' network trained from labels alone, when there is one), the
+born-again generations (BAN-1, ...), then the ensembles (Ens*2, ...); with
 several seeds each cell is the mean +/- the sample standard deviation over
-seeds. When the config names a paper row, `results["paper"]` holds the
-paper's numbers by the same column names (see `ban_jax/reporting/paper_results.py`)
-and, under "mismatches", every way the run differs from the paper's setting
-and recipe. With the DKPP loss, `results["dkpp"]` names the two choices the
+seeds. With `results["seed_scope"] == "students"` one teacher taught every
+seed's students: its column is that one run, shown as one number. When the
+config names a paper row, `results["paper"]` holds the paper's numbers by
+the same column names (see `ban_jax/reporting/paper_results.py`) and,
+under "mismatches", every way the run differs from the paper's setting and
+recipe. With the DKPP loss, `results["dkpp"]` names the two choices the
 paper leaves open: "anchor" ("label" or "argmax") and "permutation"
 ("example" or "step").
 """
@@ -24,6 +28,10 @@ from etils import epath
 from ban_jax.runtime import files
 
 
+# Column of the students' network trained from labels alone (Table 5).
+BASELINE = "Baseline"
+
+
 def generation_label(generation: int) -> str:
   return "Teacher" if generation == 0 else f"BAN-{generation}"
 
@@ -35,26 +43,38 @@ def chains(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def columns(chain: dict[str, Any]) -> dict[str, float]:
   """Column name -> test error (%) of one chain, in report order."""
+  teacher, *students = chain["generations"]
+  # The Baseline beside the teacher, before the students it is compared to.
+  baseline = [chain["baseline"]] if chain.get("baseline") else []
   return {x["name"]: x["test_error"]
-          for x in chain["generations"] + chain["ensembles"]}
+          for x in [teacher] + baseline + students + chain["ensembles"]}
 
 
-def over_seeds(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _single_run(name: str, seed_scope: str) -> bool:
+  """Whether a column is one run shared by all seeds (not one per seed)."""
+  return seed_scope == "students" and name == generation_label(0)
+
+
+def over_seeds(per_seed: list[dict[str, Any]],
+               seed_scope: str = "chain") -> list[dict[str, Any]]:
   """Mean and sample standard deviation (ddof=1) of each column's error.
 
   One seed has a standard deviation of 0: there is no spread to estimate.
+  With seed_scope "students" the teacher is one run that taught every seed:
+  its column lists that run once (its seed's), std 0, not n copies of it.
   """
   names = list(columns(per_seed[0]))
   out = []
   for name in names:
-    errors = np.array([columns(chain)[name] for chain in per_seed])
+    chains_of = per_seed[:1] if _single_run(name, seed_scope) else per_seed
+    errors = np.array([columns(chain)[name] for chain in chains_of])
     out.append({
         "name": name,
         "test_error_mean": float(errors.mean()),
         "test_error_std": float(errors.std(ddof=1)) if len(errors) > 1
                           else 0.0,
         "test_errors": errors.tolist(),
-        "seeds": [chain["seed"] for chain in per_seed],
+        "seeds": [chain["seed"] for chain in chains_of],
     })
   return out
 
@@ -91,8 +111,12 @@ def markdown_table(results: dict[str, Any]) -> str:
   per_seed = chains(results)
   names = list(columns(per_seed[0]))
   if len(per_seed) > 1:
-    summary = {c["name"]: c for c in over_seeds(per_seed)}
-    cells = [f"{summary[n]['test_error_mean']:.2f} ± "
+    scope = results.get("seed_scope", "chain")
+    summary = {c["name"]: c for c in over_seeds(per_seed, scope)}
+    # A column that is one run shows its number, with no ± to misread.
+    cells = [f"{summary[n]['test_error_mean']:.2f} (one run)"
+             if _single_run(n, scope) else
+             f"{summary[n]['test_error_mean']:.2f} ± "
              f"{summary[n]['test_error_std']:.2f}" for n in names]
   else:
     cells = [f"{e:.2f}" for e in columns(per_seed[0]).values()]
@@ -121,6 +145,21 @@ def per_seed_table(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _scope_note(results: dict[str, Any]) -> str:
+  """What the spread over seeds measures (config.seed_scope)."""
+  if results.get("seed_scope", "chain") == "students":
+    teacher = chains(results)[0]["generations"][0]
+    return (f"Seed scope `students`: one teacher, trained once with seed "
+            f"{teacher.get('seed', chains(results)[0]['seed'])}, taught "
+            "every seed's students; its column is that one run (repeated in "
+            "each row below), and the ± of the other columns is the "
+            "students' spread alone (their initialisation, data order and "
+            "dropout) under that teacher.")
+  return ("Seed scope `chain`: each seed trained its own teacher, so the ± "
+          "of the students' columns mixes the teachers' spread with the "
+          "students' (`config.seed_scope=students` separates them).")
+
+
 def markdown(results: dict[str, Any]) -> str:
   """The whole of results.md."""
   per_seed = chains(results)
@@ -129,8 +168,8 @@ def markdown(results: dict[str, Any]) -> str:
     parts += [f"Mean ± sample standard deviation over {len(per_seed)} seeds "
               f"({', '.join(str(c['seed']) for c in per_seed)}). A single "
               "run proves little: the paper's two runs of one recipe "
-              "differed by 0.66 points.", "", "## Per seed", "",
-              per_seed_table(results), ""]
+              "differed by 0.66 points.", "", _scope_note(results), "",
+              "## Per seed", "", per_seed_table(results), ""]
   paper = results.get("paper")
   if paper:
     parts += [f"Paper: {paper['table']}, {paper['setting']}.", ""]
@@ -151,34 +190,51 @@ def plot(results: dict[str, Any]) -> bytes:
   per_seed = chains(results)
   gens = [g["name"] for g in per_seed[0]["generations"]]
   ens = [e["name"] for e in per_seed[0]["ensembles"]]
+  names = list(columns(per_seed[0]))
   errors = np.array([list(columns(c).values()) for c in per_seed])
-  mean = errors.mean(0)
-  std = errors.std(0, ddof=1) if len(per_seed) > 1 else np.zeros_like(mean)
+  mean = dict(zip(names, errors.mean(0)))
+  std = dict(zip(names, errors.std(0, ddof=1) if len(per_seed) > 1
+                 else np.zeros(len(names))))
   x = np.arange(len(gens))
   # Ens*k sits just right of BAN-k, the last generation it averages.
   ens_x = np.array([int(name.split("*")[1]) + 0.15 for name in ens])
+  # The Baseline just left of BAN-1, the student trained like it but from
+  # the teacher.
+  baseline = [n for n in names if n == BASELINE]
+  baseline_x = np.array([0.85] * len(baseline))
+
+  def values(of, names):
+    return [of[n] for n in names]
 
   fig = Figure(figsize=(6.4, 4.2), layout="constrained")
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
   label = "ours" if len(per_seed) == 1 else (
       f"ours, mean ± std of {len(per_seed)} seeds")
-  ax.errorbar(x, mean[:len(gens)], yerr=std[:len(gens)], marker="o",
+  ax.errorbar(x, values(mean, gens), yerr=values(std, gens), marker="o",
               capsize=3, label=label)
   if len(per_seed) > 1:
     for row in errors:
-      ax.plot(x, row[:len(gens)], color="C0", alpha=0.25, linewidth=0.8)
+      by_name = dict(zip(names, row))
+      ax.plot(x, values(by_name, gens), color="C0", alpha=0.25,
+              linewidth=0.8)
   if ens:
-    ax.errorbar(ens_x, mean[len(gens):], yerr=std[len(gens):], marker="D",
+    ax.errorbar(ens_x, values(mean, ens), yerr=values(std, ens), marker="D",
                 linestyle="--", capsize=3, color="C1",
                 label="born-again ensemble Ens*k (by BAN-k)")
-    for name, xy in zip(ens, zip(ens_x, mean[len(gens):])):
+    for name, xy in zip(ens, zip(ens_x, values(mean, ens))):
       ax.annotate(name, xy, textcoords="offset points", xytext=(6, 4),
                   fontsize="small", color="C1")
+  if baseline:
+    ax.errorbar(baseline_x, values(mean, baseline),
+                yerr=values(std, baseline), marker="s", linestyle="none",
+                capsize=3, color="C2",
+                label="Baseline: the student from labels alone")
   paper = results.get("paper")
   if paper:
     positions = {name: i for i, name in enumerate(gens)}
     positions.update(zip(ens, ens_x))
+    positions.update(zip(baseline, baseline_x))
     points = [(positions[n], v) for n, v in paper["test_error"].items()
               if n in positions]
     if points:

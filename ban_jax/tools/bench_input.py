@@ -95,11 +95,13 @@ def main(argv=None) -> None:
   if args.steps < 1 or args.warmup < 0:
     parser.error("--steps must be at least 1 and --warmup at least 0.")
   mesh = parallel.make_mesh()
+  devices = mesh.devices.size
   for batch_size in batch_sizes:
-    try:
-      parallel.check_batch_size(batch_size, mesh)
-    except ValueError as e:
-      parser.error(f"--batch_sizes={args.batch_sizes!r}: {e}")
+    # The batch is split over every device, as in training.
+    if batch_size % devices:
+      parser.error(f"--batch_sizes={args.batch_sizes!r}: batch_size="
+                   f"{batch_size} is not divisible by the {devices} devices; "
+                   f"use a multiple of {devices}.")
 
   rng = np.random.default_rng(0)
   images, labels = parallel.put_train_split(
