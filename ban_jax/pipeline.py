@@ -10,6 +10,7 @@ unfinished one from its latest checkpoint.
 """
 
 import dataclasses
+import functools
 import json
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ from flax import linen as nn
 from ban_jax import config_schema
 from ban_jax import errors
 from ban_jax import models
+from ban_jax import progress
 from ban_jax import train
 from ban_jax import validation
 from ban_jax.data import load_dataset
@@ -178,13 +180,16 @@ def _log_epoch(generation: int, num_epochs: int):
     test = (f" | test loss {record['test_loss']:.4f} "
             f"acc {record['test_accuracy']:.2f}%"
             if "test_accuracy" in record else "")
-    minutes, seconds = divmod(int(record["seconds_left"]), 60)
+    chain = record.get("chain_seconds_left")
+    chain = ("" if chain is None else
+             f", {progress.format_seconds(chain)} in the run")
     logging.info(
         "gen %d epoch %d/%d | train loss %.4f acc %.2f%%%s | %.0f img/s | "
-        "lr %.4g | %d:%02d left in this generation", generation,
+        "lr %.4g | %s left in this generation%s", generation,
         record["epoch"], num_epochs, record["train_loss"],
         record["train_accuracy"], test, record["images_per_second"],
-        record["learning_rate"], minutes, seconds)
+        record["learning_rate"],
+        progress.format_seconds(record["seconds_left"]), chain)
   return log
 
 
@@ -271,13 +276,15 @@ def run_generation(config, index: int, teacher: Generation | None,
                    data: train.DeviceData, mesh, gen_dir: epath.Path,
                    trainers: dict | None = None,
                    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                   run_config: dict[str, Any] | None = None) -> Generation:
+                   run_config: dict[str, Any] | None = None,
+                   chain_clock: Callable[..., float | None] | None = None
+                   ) -> Generation:
   """Trains (or loads, if finished) generation `index` of the chain.
 
   `on_epoch`, if given, gets each epoch's record after the progress line is
   logged (the pipeline passes a TensorBoard writer's). Each checkpoint
   carries `run_config` (default: `config`'s), the run's config as
-  config.json has it.
+  config.json has it. `chain_clock`: as `train.fit` takes it.
   """
   share = index > 0 and config.share_stem_classifier
   trainer = _trainer({} if trainers is None else trainers, config,
@@ -302,7 +309,8 @@ def run_generation(config, index: int, teacher: Generation | None,
           trainer, state, teacher.variables if teacher else None, data,
           train_rng, ckpt, progress, generation=index,
           teacher_test_logits=teacher.test_logits if teacher else None,
-          on_epoch=_each(_log_epoch(index, config.num_epochs), on_epoch))
+          on_epoch=_each(_log_epoch(index, config.num_epochs), on_epoch),
+          chain_clock=chain_clock)
   finally:
     # Whatever stops the run, the checkpoint being written is finished.
     ckpt.close()
@@ -332,11 +340,12 @@ def _config_for_seed(config, seed: int):
 
 
 def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
-              trainers: dict, run_config: dict[str, Any] | None = None
-              ) -> list[Generation]:
+              trainers: dict, run_config: dict[str, Any] | None = None,
+              clock: progress.ChainClock | None = None) -> list[Generation]:
   """Generations 0..G of one seed (config.seed), trained or loaded.
 
-  `run_config`: the run's config, saved with every checkpoint.
+  `run_config`: the run's config, saved with every checkpoint. `clock`:
+  the run's time left, keyed by (seed, generation) (`chain_plan`).
 
   TensorBoard scalars of generation g go to
   `<workdir>/tensorboard/seed_<s>/gen_<g>` (process 0 only).
@@ -347,14 +356,45 @@ def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
   for index in range(config.num_generations + 1):
     teacher = generations[-1] if generations else None
     writer = metrics_writer.create(board_dir / f"gen_{index}")
+    key = (config.seed, index)
     try:
       generations.append(run_generation(
           config, index, teacher, data, mesh, seed_dir / f"gen_{index}",
           trainers, on_epoch=metrics_writer.epoch_callback(writer),
-          run_config=run_config))
+          run_config=run_config,
+          chain_clock=(None if clock is None
+                       else functools.partial(clock.epoch, key))))
     finally:
       writer.close()
+    if clock is not None:
+      clock.done(key)
   return generations
+
+
+def chain_plan(config, num_train: int, workdir: epath.Path
+               ) -> list[tuple[tuple[int, int], int]]:
+  """((seed, generation), steps to train) for every generation of the run.
+
+  A generation with a result.json is finished: loading it costs about
+  nothing. One resumed from a checkpoint counts whole until its first
+  epoch tells the clock what it has left.
+  """
+  steps = num_train // config.batch_size * config.num_epochs
+  return [((seed, index),
+           0 if (workdir / f"seed_{seed}" / f"gen_{index}" /
+                 "result.json").exists() else steps)
+          for seed in config_schema.seed_list(config)
+          for index in range(config.num_generations + 1)]
+
+
+def train_seconds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+  """results.json's `seconds`: each generation's training time (the sum of
+  its epochs', over every run that trained it) and the total."""
+  generations = {
+      f"seed_{seed['seed']}/gen_{g['generation']}":
+          sum(r.get("seconds", 0.0) for r in g["history"])
+      for seed in per_seed for g in seed["generations"]}
+  return {"generations": generations, "total": sum(generations.values())}
 
 
 def paper_entry(config) -> dict[str, Any] | None:
@@ -416,12 +456,13 @@ def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
   trainers = {}
   per_seed = []
   run_seeds = config_schema.seed_list(config)
+  clock = progress.ChainClock(chain_plan(config, data.num_train, workdir))
   for i, seed in enumerate(run_seeds):
     if len(run_seeds) > 1:
       logging.info("Seed %d (%d of %d).", seed, i + 1, len(run_seeds))
     seed_config = _config_for_seed(config, seed)
     generations = run_chain(seed_config, data, mesh, workdir, trainers,
-                            run_config=config.to_dict())
+                            run_config=config.to_dict(), clock=clock)
     per_seed.append({
         "seed": seed,
         "generations": [g.result for g in generations],
@@ -438,6 +479,7 @@ def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
       "ensembles": per_seed[0]["ensembles"],
       "per_seed": per_seed,
       "over_seeds": report.over_seeds(per_seed),
+      "seconds": train_seconds(per_seed),
   }
   paper = paper_entry(config)
   if paper:
