@@ -359,6 +359,10 @@ def test_bf16_classifier_adds_the_same_modes_with_the_low_classifier(
       del profile_dir, profile_steps
       made.append((model, dtype, float32_classifier))
 
+    @classmethod
+    def build(cls, *args):
+      return cls(*args)
+
     def steps(self, augment, steps, warmup, steps_per_call):
       del augment, steps, warmup, steps_per_call
       return {"img_per_s": 100.0}
