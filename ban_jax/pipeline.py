@@ -16,6 +16,7 @@ every seed's students learn from it (`seed_<s>/teacher.json` names it).
 """
 
 import dataclasses
+import functools
 import json
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ from flax import linen as nn
 from ban_jax import config_schema
 from ban_jax import errors
 from ban_jax import models
+from ban_jax import progress
 from ban_jax import train
 from ban_jax import validation
 from ban_jax.data import load_dataset
@@ -192,13 +194,16 @@ def _log_epoch(generation: int | str, num_epochs: int):
     test = (f" | test loss {record['test_loss']:.4f} "
             f"acc {record['test_accuracy']:.2f}%"
             if "test_accuracy" in record else "")
-    minutes, seconds = divmod(int(record["seconds_left"]), 60)
+    chain = record.get("chain_seconds_left")
+    chain = ("" if chain is None else
+             f", {progress.format_seconds(chain)} in the run")
     logging.info(
         "gen %s epoch %d/%d | train loss %.4f acc %.2f%%%s | %.0f img/s | "
-        "lr %.4g | %d:%02d left in this generation", generation,
+        "lr %.4g | %s left in this generation%s", generation,
         record["epoch"], num_epochs, record["train_loss"],
         record["train_accuracy"], test, record["images_per_second"],
-        record["learning_rate"], minutes, seconds)
+        record["learning_rate"],
+        progress.format_seconds(record["seconds_left"]), chain)
   return log
 
 
@@ -296,14 +301,15 @@ def run_generation(config, index: int, teacher: Generation | None,
                    data: train.DeviceData, mesh, gen_dir: epath.Path,
                    trainers: dict | None = None,
                    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                   run_config: dict[str, Any] | None = None, *,
+                   run_config: dict[str, Any] | None = None,
+                   chain_clock: Callable[..., float | None] | None = None, *,
                    labels_only: bool = False) -> Generation:
   """Trains (or loads, if finished) generation `index` of the chain.
 
   `on_epoch`, if given, gets each epoch's record after the progress line is
   logged (the pipeline passes a TensorBoard writer's). Each checkpoint
   carries `run_config` (default: `config`'s), the run's config as
-  config.json has it.
+  config.json has it. `chain_clock`: as `train.fit` takes it.
 
   `labels_only`: instead of generation `index`, the Baseline: the same
   network (and dropout), initialised from a random stream of its own,
@@ -340,7 +346,8 @@ def run_generation(config, index: int, teacher: Generation | None,
           trainer, state, source.variables if source else None, data,
           train_rng, ckpt, progress, generation=fit_name,
           teacher_test_logits=source.test_logits if source else None,
-          on_epoch=_each(_log_epoch(fit_name, config.num_epochs), on_epoch))
+          on_epoch=_each(_log_epoch(fit_name, config.num_epochs), on_epoch),
+          chain_clock=chain_clock)
   finally:
     # Whatever stops the run, the checkpoint being written is finished.
     ckpt.close()
@@ -397,7 +404,8 @@ def _check_teacher(seed_dir: epath.Path, teacher_ref: str) -> None:
 
 def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
               trainers: dict, run_config: dict[str, Any] | None = None,
-              teacher: Generation | None = None
+              teacher: Generation | None = None,
+              clock: progress.ChainClock | None = None
               ) -> tuple[list[Generation], Generation | None]:
   """Generations 0..G of one seed (config.seed), trained or loaded, and the
   Baseline (config.student_baseline; else None), trained after generation 0.
@@ -405,9 +413,11 @@ def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
   `teacher`: generation 0 of another seed, trained once for all seeds
   (config.seed_scope="students"); this seed's students learn from it, and
   it is returned as this seed's generation 0. Each checkpoint carries
-  `run_config`, the run's config as config.json has it.
+  `run_config`, the run's config as config.json has it. `clock` estimates
+  the time left in the whole run.
 
-  `run_config`: the run's config, saved with every checkpoint.
+  `run_config`: the run's config, saved with every checkpoint. `clock`:
+  the run's time left, keyed by (seed, generation) (`chain_plan`).
 
   TensorBoard scalars of generation g go to
   `<workdir>/tensorboard/seed_<s>/gen_<g>` (process 0 only).
@@ -417,13 +427,19 @@ def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
 
   def train_or_load(index, previous, folder, labels_only=False):
     writer = metrics_writer.create(board_dir / folder)
+    key = (config.seed, folder)
     try:
       return run_generation(
           config, index, previous, data, mesh, seed_dir / folder, trainers,
           on_epoch=metrics_writer.epoch_callback(writer),
-          run_config=run_config, labels_only=labels_only)
+          run_config=run_config,
+          chain_clock=(None if clock is None
+                       else functools.partial(clock.epoch, key)),
+          labels_only=labels_only)
     finally:
       writer.close()
+      if clock is not None:
+        clock.done(key)
 
   teacher_seed = teacher.seed if teacher else config.seed
   _check_teacher(seed_dir, f"seed_{teacher_seed}/gen_0")
@@ -437,6 +453,48 @@ def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
         train_or_load(index, generations[-1] if generations else None,
                       f"gen_{index}"))
   return generations, baseline
+
+
+def chain_plan(config, num_train: int, workdir: epath.Path
+               ) -> list[tuple[tuple[int, str], int]]:
+  """((seed, folder), steps to train) for every network the run trains:
+  each seed's gen_<g> folders and, with config.student_baseline, its
+  baseline; with seed_scope="students" only the first seed's gen_0.
+
+  A network with a result.json is finished: loading it costs about
+  nothing. One resumed from a checkpoint counts whole until its first
+  epoch tells the clock what it has left.
+  """
+  steps = num_train // config.batch_size * config.num_epochs
+  seeds = config_schema.seed_list(config)
+  plan = []
+  for seed in seeds:
+    folders = [f"gen_{index}" for index in range(config.num_generations + 1)]
+    if config.seed_scope == "students" and seed != seeds[0]:
+      folders.remove("gen_0")
+    if config.student_baseline:
+      folders.insert(1, BASELINE.lower())
+    plan += [((seed, folder),
+              0 if (workdir / f"seed_{seed}" / folder /
+                    "result.json").exists() else steps)
+             for folder in folders]
+  return plan
+
+
+def train_seconds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+  """results.json's `seconds`: each network's training time (the sum of its
+  epochs', over every run that trained it), by folder, and the total. A
+  teacher shared by the seeds (seed_scope="students") counts once."""
+  networks = {}
+  for chain in per_seed:
+    for g in chain["generations"]:
+      seed = g.get("seed", chain["seed"])  # The shared teacher's own seed.
+      networks[f"seed_{seed}/gen_{g['generation']}"] = sum(
+          r.get("seconds", 0.0) for r in g["history"])
+    if "baseline" in chain:
+      networks[f"seed_{chain['seed']}/{BASELINE.lower()}"] = sum(
+          r.get("seconds", 0.0) for r in chain["baseline"]["history"])
+  return {"generations": networks, "total": sum(networks.values())}
 
 
 def paper_entry(config) -> dict[str, Any] | None:
@@ -503,13 +561,14 @@ def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
   run_seeds = config_schema.seed_list(config)
   seed_scope = config.seed_scope
   shared_teacher = None  # seed_scope="students": the first seed's teacher.
+  clock = progress.ChainClock(chain_plan(config, data.num_train, workdir))
   for i, seed in enumerate(run_seeds):
     if len(run_seeds) > 1:
       logging.info("Seed %d (%d of %d).", seed, i + 1, len(run_seeds))
     seed_config = _config_for_seed(config, seed)
     generations, baseline = run_chain(seed_config, data, mesh, workdir,
                                       trainers, run_config=config.to_dict(),
-                                      teacher=shared_teacher)
+                                      teacher=shared_teacher, clock=clock)
     if seed_scope == "students" and shared_teacher is None:
       shared_teacher = generations[0]
     chain = {"seed": seed,
@@ -537,6 +596,7 @@ def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
       "ensembles": per_seed[0]["ensembles"],
       "per_seed": per_seed,
       "over_seeds": report.over_seeds(per_seed, seed_scope),
+      "seconds": train_seconds(per_seed),
   }
   paper = paper_entry(config)
   if paper:

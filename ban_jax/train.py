@@ -28,6 +28,8 @@ from jax.sharding import Mesh
 
 from ban_jax import feature_losses
 from ban_jax import losses
+# `progress` is fit's name for a generation's history and partial sums.
+from ban_jax import progress as progress_lib
 from ban_jax.data import augment
 from ban_jax.data import Dataset
 from ban_jax.errors import NonFiniteLossError
@@ -626,14 +628,40 @@ def _epoch_record(trainer: GenerationTrainer, state: TrainState,
     record.update(evaluate(data, logits, teacher_test_logits))
   record["seconds_left"] = seconds / max(step - first_step, 1) * (
       total - step)
+  # The epoch's training time (its evaluation aside): results.json sums
+  # them into each generation's time.
+  record["seconds"] = seconds
   return record
+
+
+def _with_bar(after_call: Callable[..., None], generation: int,
+              steps_per_epoch: int, step: int) -> Callable[..., None]:
+  """`after_call`, advancing a progress bar over the epoch from `step`
+  (drawn on an interactive terminal only: `progress.epoch_bar`)."""
+  epoch_start = step // steps_per_epoch * steps_per_epoch
+  bar = progress_lib.epoch_bar(
+      steps_per_epoch, f"gen {generation} epoch "
+      f"{step // steps_per_epoch + 1}", initial=step - epoch_start,
+      enabled=jax.process_index() == 0)
+
+  def call(reached: int, num_steps: int, state, sums) -> None:
+    bar.update(num_steps)
+    if reached - epoch_start >= steps_per_epoch:
+      bar.close()  # Before fit logs the epoch's line.
+    try:
+      after_call(reached, num_steps, state, sums)
+    except BaseException:
+      bar.close()  # A stop request: the message, not a half bar, ends.
+      raise
+  return call
 
 
 def fit(trainer: GenerationTrainer, state: TrainState,
         teacher_vars: Variables | None, data: DeviceData, rng: jax.Array,
         ckpt, progress: dict[str, Any], *, generation: int,
         teacher_test_logits: np.ndarray | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        chain_clock: Callable[..., float | None] | None = None
         ) -> tuple[TrainState, dict[str, Any]]:
   """Trains from `state` to the end of the generation, checkpointing.
 
@@ -643,23 +671,34 @@ def fit(trainer: GenerationTrainer, state: TrainState,
   in the checkpoint for the same reason. A stop request (SIGTERM, Ctrl-C:
   `ban_jax.runtime.preemption`) checkpoints the step reached, mid-epoch or
   not, and raises `preemption.StopRequested`.
+
+  `chain_clock(steps, seconds, steps_left, compiled)`, if given, gets each
+  epoch's timing and returns the whole run's seconds left, which the
+  epoch's record keeps as `chain_seconds_left` (`progress.ChainClock`).
   """
   perm_rng, step_rng = jax.random.split(rng)
   spe, total = trainer.steps_per_epoch, trainer.total_steps
   step = int(parallel.fetch(state.step))
   teacher_vars = trainer.prepare_teacher(teacher_vars)
   history = progress.setdefault("history", [])
+  fit_start = step
   while step < total:
     first_step, start = step, time.perf_counter()
     saves = _MidEpochSaves(trainer, ckpt, progress, generation, first_step)
     state, sums = run_epoch(trainer, state, teacher_vars, data, perm_rng,
                             step_rng, step, sums=_partial_sums(progress),
-                            after_call=saves)
+                            after_call=_with_bar(saves, generation, spe,
+                                                 step))
     seconds = time.perf_counter() - start
     step = (step // spe + 1) * spe
     _check_finite(sums, generation, f"{first_step}-{step}", ckpt)
     record = _epoch_record(trainer, state, data, sums, first_step, step,
                            seconds, teacher_test_logits)
+    if chain_clock is not None:
+      record["chain_seconds_left"] = chain_clock(
+          step - first_step, seconds, total - step,
+          # This call's first epoch compiled its steps (or loaded them).
+          compiled=first_step == fit_start)
     history.append(record)
     progress["epoch_sums"] = {}
     ckpt.save(step, state, progress)

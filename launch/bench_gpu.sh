@@ -9,25 +9,33 @@
 # Writes $OUT/env.txt, peer.jsonl, ours.jsonl (JSON lines) and table.md.
 # Every stage has a time limit, so one slow stage costs only its own rows;
 # the exit code is 1 if any stage failed or ran out of time (named at the
-# end), 0 if all went through.
+# end), 0 if all went through. Everything runs at batch 128 (the peer's
+# default), the DenseNets of ban_jax at 64 as well.
 # On an H200 (2026-11-28) the stages took about: peer eager ResNet-18 and
-# DenseNet 90 s, peer torch.compile WRN-28-10 100 s, ban_jax ResNet-18 +
-# WRN-28-10 80 s, DenseNet-BC-100 at least 90 s (its train step compiles in
-# about 76 s): 6-8 minutes; the limits add up to 9 (under a device call's
-# 10).
+# DenseNet-BC-100 90 s, peer torch.compile WRN-28-10 100 s, ban_jax
+# ResNet-18 + WRN-28-10 80 s (three modes; two here), DenseNet-BC-100 at
+# least 90 s (a step program compiles in 45-76 s). DenseNet-BC-112-33 is
+# UNMEASURED, the peer's and ours: its limits (60 s, 110 s) are guesses.
+# The limits add up to 565 s, under 9.5 minutes (a device call has 10).
+# To fit, the DenseNets of ban_jax run the `+aug` step alone (one compile
+# per batch; the epoch mode would add one for its last short call at 64).
 # Wheels in .whl/ (ml_collections, where the image lacks it) are installed
 # into /tmp/site first. For a dry run on a CPU, shrink everything:
-#   MODELS="wrn10_1 resnet20" PEER_EAGER=resnet18 PEER_COMPILE= \
-#   BENCH_ARGS="--image_size=8 --num_examples=64 --batch_sizes=16 --steps=2
+#   MODELS="wrn10_1 resnet20:16,8" PEER_EAGER=resnet18 PEER_COMPILE= \
+#   BENCH_ARGS="--image_size=8 --num_examples=64 --steps=2
 #   --warmup=1 --steps_per_call=2" OUT=/tmp/b bash launch/bench_gpu.sh
 set -u
 OUT=${OUT:-bench_out}
 PEER_DIR=${PEER_DIR:-.peer}
-# Each word is one ban_jax.tools.bench process (one time limit each).
-MODELS=${MODELS:-resnet18,wrn28_10 densenet100_12}
+# Each word is one ban_jax.tools.bench process (one time limit each):
+# MODELS[:BATCHES[:MODES]], comma-separated lists (default 128, all modes).
+DEFAULT_MODELS="resnet18,wrn28_10:128:step+aug,epoch
+  densenet100_12:128,64:step+aug densenet112_33:128,64:step+aug"
+MODELS=${MODELS:-$DEFAULT_MODELS}
 # The peer's best mode per model (../shared/bench/README.md): eager fp32
-# for ResNet-18 and DenseNet (bf16 is run beside it), torch.compile for WRN.
-PEER_EAGER=${PEER_EAGER-resnet18,densenet_bc100}
+# for ResNet-18 and the DenseNets (bf16 is run beside it), torch.compile
+# for WRN. Each word is one peer process.
+PEER_EAGER=${PEER_EAGER-resnet18,densenet_bc100 densenet_bc112_33}
 PEER_COMPILE=${PEER_COMPILE-wrn28_10}
 BENCH_ARGS=${BENCH_ARGS:-}
 mkdir -p "$OUT"
@@ -53,29 +61,41 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-}
 'flax', flax.__version__, 'torch', torch.__version__)"; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-stage "peer: eager fp32 and bf16"
+# A stage's time limit, by its kind (peer, compile, ours) and models.
+limit() {
+  case $1:$2 in
+    peer:*densenet_bc112_33*) echo 60;; peer:*densenet_bc100*) echo 100;;
+    compile:*) echo 110;;
+    ours:*densenet112_33*) echo 110;; ours:*densenet100_12*) echo 115;;
+    *) echo 70;;
+  esac
+}
 : > "$OUT/peer.jsonl"; : > "$OUT/peer.err"
-if [ -n "$PEER_EAGER" ]; then
-  timeout 100 python3 "$PEER_DIR/peer_torch.py" --models "$PEER_EAGER" \
-    --modes fp32,bf16 >> "$OUT/peer.jsonl" 2>> "$OUT/peer.err"
-  check "peer eager $PEER_EAGER"
-fi
-stage "peer: torch.compile"
-if [ -n "$PEER_COMPILE" ]; then
-  timeout 130 python3 "$PEER_DIR/peer_torch.py" --models "$PEER_COMPILE" \
-    --modes compile >> "$OUT/peer.jsonl" 2>> "$OUT/peer.err"
-  check "peer compile $PEER_COMPILE"
-fi
+for models in $PEER_EAGER; do
+  stage "peer: eager fp32 and bf16: $models"
+  timeout "$(limit peer "$models")" python3 "$PEER_DIR/peer_torch.py" \
+    --models "$models" --modes fp32,bf16 >> "$OUT/peer.jsonl" \
+    2>> "$OUT/peer.err"
+  check "peer eager $models"
+done
+for models in $PEER_COMPILE; do
+  stage "peer: torch.compile: $models"
+  timeout "$(limit compile "$models")" python3 "$PEER_DIR/peer_torch.py" \
+    --models "$models" --modes compile >> "$OUT/peer.jsonl" \
+    2>> "$OUT/peer.err"
+  check "peer compile $models"
+done
 
 : > "$OUT/ours.log"
-for models in $MODELS; do
-  stage "ban_jax: $models"
-  # DenseNet-BC-100's two step programs take about 76 + 45 s to compile.
-  case $models in *densenet*) limit=200;; *) limit=120;; esac
+for word in $MODELS; do
+  IFS=: read -r models batches modes <<< "$word"
+  stage "ban_jax: $models at ${batches:-128}${modes:+ ($modes)}"
+  args=(--models="$models" --batch_sizes="${batches:-128}")
+  if [ -n "$modes" ]; then args+=(--modes="$modes"); fi
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags.
-  timeout $limit python3 -m ban_jax.tools.bench --models="$models" $BENCH_ARGS \
-    >> "$OUT/ours.log" 2>&1
-  check "ban_jax $models"
+  timeout "$(limit ours "$models")" python3 -m ban_jax.tools.bench \
+    "${args[@]}" $BENCH_ARGS >> "$OUT/ours.log" 2>&1
+  check "ban_jax $models at ${batches:-128}"
 done
 grep '^{' "$OUT/ours.log" > "$OUT/ours.jsonl"
 

@@ -384,3 +384,49 @@ def test_bf16_classifier_adds_the_same_modes_with_the_low_classifier(
       ("wrn10_1", "bf16, bf16 classifier", "bf16"),
       ("densenet16_4", "bf16", "fp32")]
   assert "densenet16_4 has no bfloat16-classifier option" in captured.err
+
+
+def test_project_defaults_to_the_configs_models_and_batch():
+  config = "configs/cifar100.py:model=wrn28_1,student=densenet90_60"
+  args = bench.parse_args([f"--config={config}", "--project"])
+  assert (args.models, args.batch_sizes) == (
+      "wrn28_1,densenet90_60", str(args.base_config.batch_size))
+  # Without --project, the peer's models at 128, as before.
+  args = bench.parse_args([f"--config={config}"])
+  assert (args.models, args.batch_sizes) == (
+      "wrn28_10,resnet18,densenet100_12", "128")
+
+
+def test_project_prints_the_whole_chains_hours(monkeypatch, capsys):
+
+  class FakeKDBench:
+    """A tiny model's epoch: 5 steps in 0.5 s, 0.1 s a step."""
+
+    def __init__(self, data):
+      self.data = data
+
+    @classmethod
+    def build(cls, base, model, batch, dtype, steps_per_call, data, *args):
+      del base, model, batch, dtype, steps_per_call, args
+      return cls(data)
+
+    def epoch(self):
+      return {"img_per_s": 160.0, "steps": 5, "seconds": 0.5,
+              "compile_s": 0.0, "loss": 2.0}
+
+  monkeypatch.setattr(bench, "KDBench", FakeKDBench)
+  monkeypatch.setattr(bench.distributed, "initialize", lambda *args: None)
+  bench.main(["--config=configs/cifar100.py:model=densenet112_33,"
+              "seeds=0/1", "--project", "--models=wrn10_1",
+              "--batch_sizes=64", "--modes=epoch", "--image_size=8",
+              "--num_examples=64", "--num_classes=10"])
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  # 2 seeds x 4 generations x 200 epochs x (50,000 // 64 = 781) steps
+  # x 0.1 s = 124,960 s = 34.71 h.
+  assert last == (
+      "wrn10_1 at batch 64 (epoch rate): 2 seed(s) x 4 generations x 200 "
+      "epochs x 781 steps x 0.1000 s = 34.71 h for the whole chain of "
+      "cifar100 (evaluation and compilation excluded).")
+  config = config_file.load("configs/cifar100.py", "model=densenet112_33")
+  assert bench.projection(config, 64, 0.1)["hours"] == pytest.approx(
+      4 * 200 * 781 * 0.1 / 3600)

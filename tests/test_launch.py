@@ -504,28 +504,47 @@ def test_local_bad_process_count(fakes, nproc):
 
 def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
   out = fakes.tmp / "out"
+  # A `timeout` that notes each stage's limit and runs the stage.
+  limits = fakes.tmp / "limits"
+  (fakes.tmp / "bin" / "timeout").write_text(
+      f'#!/bin/bash\necho "$1" >> {limits}\nshift\nexec "$@"\n')
+  (fakes.tmp / "bin" / "timeout").chmod(0o755)
   proc = fakes(["bash", f"{LAUNCH}/bench_gpu.sh"], cwd=fakes.tmp,
                PYTHONPATH=REPO, OUT=str(out),
                BENCH_ARGS="--steps=2  --warmup=1",
                FAKE_FAIL_IF="densenet100_12")
   assert proc.returncode == 1
-  assert "Failed: ban_jax densenet100_12 (exit code 3)" in proc.stderr
+  assert ("Failed: ban_jax densenet100_12 at 128,64 (exit code 3)"
+          in proc.stderr)
+  bench = ["-m", "ban_jax.tools.bench"]
   assert _python_argv(proc) == [
       [".peer/peer_torch.py", "--models", "resnet18,densenet_bc100",
        "--modes", "fp32,bf16"],
+      [".peer/peer_torch.py", "--models", "densenet_bc112_33",
+       "--modes", "fp32,bf16"],
       [".peer/peer_torch.py", "--models", "wrn28_10", "--modes", "compile"],
-      ["-m", "ban_jax.tools.bench", "--models=resnet18,wrn28_10", "--steps=2",
-       "--warmup=1"],
-      ["-m", "ban_jax.tools.bench", "--models=densenet100_12", "--steps=2",
-       "--warmup=1"]]
+      [*bench, "--models=resnet18,wrn28_10", "--batch_sizes=128",
+       "--modes=step+aug,epoch", "--steps=2", "--warmup=1"],
+      [*bench, "--models=densenet100_12", "--batch_sizes=128,64",
+       "--modes=step+aug", "--steps=2", "--warmup=1"],
+      [*bench, "--models=densenet112_33", "--batch_sizes=128,64",
+       "--modes=step+aug", "--steps=2", "--warmup=1"]]
+  # One device call is 10 minutes: the stages' limits leave 30 s spare.
+  stage_limits = [int(x) for x in limits.read_text().split()]
+  assert stage_limits == [100, 60, 110, 70, 115, 110]
+  assert sum(stage_limits) < 9.5 * 60
   table = (out / "table.md").read_text()
   assert "| ban_jax | resnet18 | step | 128 | 10.0 |" in table
   assert "| torch | resnet18 | step | 128 | 10.0 |" in table
+  # The fake's rows are at batch 128: the peer's DenseNet-BC-112-33 pairs
+  # with ours through bench.PEER_NAMES.
+  assert "| torch | densenet_bc112_33 | step | 128 | 10.0 |" in table
   good = fakes(["bash", f"{LAUNCH}/bench_gpu.sh"], cwd=fakes.tmp,
                PYTHONPATH=REPO, OUT=str(out), MODELS="resnet18",
                PEER_EAGER="", PEER_COMPILE="")
   assert good.returncode == 0, good.stderr
-  assert _python_argv(good) == [["-m", "ban_jax.tools.bench", "--models=resnet18"]]
+  assert _python_argv(good) == [[*bench, "--models=resnet18",
+                                 "--batch_sizes=128"]]
 
 
 # ----------------------------------------------------- the README's commands

@@ -19,6 +19,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "ban_jax"
 LAYERS = (
     ("errors",),
     ("runtime.",),
+    # Pure: the run's time left and the epoch's progress bar.
+    ("progress",),
     ("losses", "feature_losses", "models.", "data.", "reporting."),
     # The schema names the valid datasets and losses.
     ("config_schema",),

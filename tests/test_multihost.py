@@ -144,7 +144,8 @@ def _worker(workdir: str, out_dir: str) -> None:
 
 def _scores(results):
   """What a run computed, less wall-clock timings."""
-  timings = ("images_per_second", "seconds_left")
+  timings = ("images_per_second", "seconds_left", "seconds",
+             "chain_seconds_left")
   return [[g["test_accuracy"],
            [{k: v for k, v in r.items() if k not in timings}
             for r in g["history"]]] for g in results["generations"]]

@@ -142,6 +142,13 @@ def test_results_files(chain):
         (1, 21), (2, 42)]
     assert [r["learning_rate"] for r in generation["history"]] == (
         pytest.approx([0.05, 0.01]))
+    # The whole run's time left: the last generation's last epoch ends it.
+    assert all(r["chain_seconds_left"] >= 0 for r in generation["history"])
+  assert results["generations"][2]["history"][-1]["chain_seconds_left"] == 0
+  assert on_disk["seconds"]["total"] == pytest.approx(sum(
+      on_disk["seconds"]["generations"].values()))
+  assert list(on_disk["seconds"]["generations"]) == [
+      "seed_0/gen_0", "seed_0/gen_1", "seed_0/gen_2"]
 
 
 def test_ensemble_averages_probabilities(chain):

@@ -535,7 +535,8 @@ def test_epoch_records_become_tagged_scalars(tmp_path):
             "train_loss_dark_knowledge_share": 0.5, "images_per_second": 1e3,
             "test_loss": 0.25, "test_accuracy": 95.0,
             "teacher_agreement": 97.0, "teacher_student_kl": 0.125,
-            "seconds_left": 3.0, "train_examples": 640}
+            "seconds_left": 3.0, "chain_seconds_left": 30.0, "seconds": 2.0,
+            "train_examples": 640}
   assert metrics_writer.epoch_scalars(record) == {
       "learning_rate": 0.01, "train/loss": 0.5, "train/accuracy": 90.0,
       "train/examples": 640,

@@ -28,7 +28,8 @@ except ImportError:
   event_file_writer = None
 
 # Epoch-record keys that are not plotted: counters and the time estimate.
-_NOT_SCALARS = ("epoch", "step", "seconds_left")
+_NOT_SCALARS = ("epoch", "step", "seconds_left", "chain_seconds_left",
+                "seconds")
 
 
 class NullWriter:

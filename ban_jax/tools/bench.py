@@ -53,6 +53,20 @@ optimised HLO and, after each step-mode timing, a `jax.profiler` trace of
 `--profile_steps` more steps (`python -m ban_jax.tools.trace_summary DIR` reads
 them). Results and the tuning log: docs/performance.md.
 
+`--project` prints, after the table, what the whole chain of `--config`
+would take at each measured rate: seeds x (num_generations + 1) x
+num_epochs x steps per epoch (the dataset's train images // batch) x the
+seconds per step of the epoch row (else the `+aug` row, else the bare
+step). With it, `--models` and `--batch_sizes` default to the config's
+teacher (and student) and batch:
+
+  python -m ban_jax.tools.bench \
+      --config=configs/cifar100.py:model=densenet112_33 --project
+
+Excluded: compilation and the evaluation passes (one test-set forward pass
+every `eval_every_epochs`, a small fraction of an epoch's training);
+the teacher is timed at the KD step, so its share is overestimated.
+
 The epoch row's `compile_s` is that of the programs it runs (the `+aug`
 ones, compiled once). Non-model settings (schedule, dtype default) come from
 `--config` (configs/cifar100.py), with the peer's recipe set over it.
@@ -71,6 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ban_jax import config_file
+from ban_jax import config_schema
 from ban_jax import models
 from ban_jax import pipeline
 from ban_jax import train
@@ -81,7 +96,10 @@ from ban_jax.runtime import parallel
 
 # Our registry names -> the names peer_torch.py prints, for --compare.
 PEER_NAMES = {"wrn28_10": "wrn28_10", "resnet18": "resnet18",
-              "densenet100_12": "densenet_bc100"}
+              "densenet100_12": "densenet_bc100",
+              "densenet112_33": "densenet_bc112_33"}
+# Train images by dataset name, for --project (before data.max_train_*).
+TRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1347}
 DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # What --modes takes: bare steps, steps with augmentation, a whole epoch.
 MODES = ("step", "step+aug", "epoch")
@@ -430,6 +448,54 @@ def table(rows, peer_rows=()) -> str:
   return "\n".join(lines)
 
 
+def projection(config, batch: int, seconds_per_step: float
+               ) -> dict[str, Any]:
+  """The whole run of `config` at `batch`, at `seconds_per_step`."""
+  num_train = TRAIN_EXAMPLES[config.data.name]
+  if config.data.max_train_examples:
+    num_train = min(num_train, config.data.max_train_examples)
+  steps_per_epoch = num_train // batch
+  seeds = len(config_schema.seed_list(config))
+  steps = (seeds * (config.num_generations + 1) * config.num_epochs
+           * steps_per_epoch)
+  return {"seeds": seeds, "generations": config.num_generations + 1,
+          "epochs": config.num_epochs, "steps_per_epoch": steps_per_epoch,
+          "steps": steps, "seconds_per_step": seconds_per_step,
+          "hours": steps * seconds_per_step / 3600}
+
+
+def _rate_row(rows, model: str, batch: int) -> dict[str, Any] | None:
+  """The row whose rate --project uses: the epoch's, else the +aug's, else
+  the bare step's (float32 classifier, no error)."""
+  found = {r["mode"].split(",")[0]: r for r in rows
+           if (r["model"], r["batch"]) == (model, batch)
+           and r.get("classifier") == "fp32" and "error" not in r}
+  for mode in ("epoch", *(m for m in found if m.endswith("+aug")),
+               *found):
+    if mode in found:
+      return found[mode]
+  return None
+
+
+def projections(config, rows) -> list[str]:
+  """--project's lines: each measured (model, batch)'s whole run."""
+  lines = []
+  for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in rows):
+    row = _rate_row(rows, model, batch)
+    if row is None:
+      lines.append(f"{model} at batch {batch}: no rate measured, no "
+                   "projection.")
+      continue
+    p = projection(config, batch, row["seconds"] / row["steps"])
+    lines.append(
+        f"{model} at batch {batch} ({row['mode']} rate): {p['seeds']} "
+        f"seed(s) x {p['generations']} generations x {p['epochs']} epochs x "
+        f"{p['steps_per_epoch']} steps x {p['seconds_per_step']:.4f} s = "
+        f"{p['hours']:.2f} h for the whole chain of {config.data.name} "
+        "(evaluation and compilation excluded).")
+  return lines
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
                      argparse.ArgumentDefaultsHelpFormatter):
   """The docstring as written, and every flag's default."""
@@ -440,9 +506,13 @@ def parse_args(argv=None):
       prog="python -m ban_jax.tools.bench", description=__doc__.split("\n")[0],
       formatter_class=_HelpFormatter)
   add = parser.add_argument
-  add("--models", default="wrn28_10,resnet18,densenet100_12",
-      help="comma-separated model names (python -m ban_jax.models)")
-  add("--batch_sizes", default="128", help="comma-separated global batches")
+  add("--models", default=None,
+      help="comma-separated model names (python -m ban_jax.models); "
+      "default wrn28_10,resnet18,densenet100_12, or with --project the "
+      "config's")
+  add("--batch_sizes", default=None,
+      help="comma-separated global batches; default 128, or with --project "
+      "the config's")
   add("--modes", default="step,step+aug,epoch",
       help="any of step, step+aug, epoch")
   add("--steps", type=int, default=50,
@@ -466,7 +536,11 @@ def parse_args(argv=None):
   add("--devices", type=int, default=0,
       help="use only the first N devices (default: all)")
   add("--config", default=DEFAULT_CONFIG,
-      help="config file giving every field the trainer reads")
+      help="config file giving every field the trainer reads, as "
+      "PATH[:ARGUMENT] (python -m ban_jax.main takes it so)")
+  add("--project", action="store_true",
+      help="after the table, print the hours of --config's whole chain at "
+      "each measured rate")
   add("--compare", default="",
       help="JSON lines of peer_torch.py to add to the table")
   add("--xla_options", default="",
@@ -489,6 +563,14 @@ def parse_args(argv=None):
 
 def _check_args(parser: argparse.ArgumentParser, args) -> None:
   """Names a bad flag value before anything is compiled."""
+  try:
+    # Kept for the benchmark, which reads it after every flag is checked.
+    path, _, argument = args.config.partition(":")
+    args.base_config = config_file.load(path, argument)
+  except Exception as e:  # pylint: disable=broad-except
+    parser.error(f"--config={args.config!r} cannot be loaded: "
+                 f"{type(e).__name__}: {e}. Pass a configs/*.py file.")
+  _fill_defaults(args)
   bad_modes = [m for m in _names(args.modes) if m not in MODES]
   if bad_modes or not _names(args.modes):
     parser.error(f"--modes={args.modes!r}: use any of {', '.join(MODES)}.")
@@ -515,12 +597,9 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
   if args.dtype not in ("auto", *DTYPE_LABELS):
     parser.error(f"--dtype={args.dtype!r}: use auto, "
                  f"{', '.join(DTYPE_LABELS)}.")
-  try:
-    # Kept for the benchmark, which reads it after every flag is checked.
-    args.base_config = config_file.load(args.config)
-  except Exception as e:  # pylint: disable=broad-except
-    parser.error(f"--config={args.config!r} cannot be loaded: "
-                 f"{type(e).__name__}: {e}. Pass a configs/*.py file.")
+  if args.project and args.base_config.data.name not in TRAIN_EXAMPLES:
+    parser.error(f"--project: no train-set size known for dataset "
+                 f"{args.base_config.data.name!r}.")
   if args.compare:
     # Read now, not after the benchmark: a typo must not cost the table.
     try:
@@ -528,6 +607,19 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
     except (OSError, ValueError) as e:
       parser.error(f"--compare={args.compare!r}: {e}. Pass the JSON lines "
                    "that peer_torch.py printed.")
+
+
+def _fill_defaults(args) -> None:
+  """--models and --batch_sizes left unset: the peer's three models at 128,
+  or with --project the config's models and batch."""
+  config = args.base_config
+  if args.models is None:
+    args.models = ("wrn28_10,resnet18,densenet100_12" if not args.project
+                   else ",".join(dict.fromkeys(
+                       n for n in (config.model.name, config.student_model)
+                       if n)))
+  if args.batch_sizes is None:
+    args.batch_sizes = str(config.batch_size) if args.project else "128"
 
 
 def main(argv=None) -> None:
@@ -546,6 +638,9 @@ def main(argv=None) -> None:
   if speak:
     peer = _read_peer(args.compare) if args.compare else []
     print("\n" + table(rows, peer), flush=True)
+    if args.project:
+      print("\n" + "\n".join(projections(args.base_config, rows)),
+            flush=True)
   if any("error" in row for row in rows):
     sys.exit(1)
 
