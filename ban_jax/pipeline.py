@@ -398,7 +398,7 @@ def _check_teacher(seed_dir: epath.Path, teacher_ref: str) -> None:
         "their first order again, or use a new --workdir.")
   if teacher_ref != own and not path.exists() and jax.process_index() == 0:
     seed_dir.mkdir(parents=True, exist_ok=True)
-    report.write_atomically(
+    files.write_atomically(
         path, json.dumps({"teacher": teacher_ref}, indent=2) + "\n")
 
 
@@ -473,7 +473,8 @@ def chain_plan(config, num_train: int, workdir: epath.Path
     if config.seed_scope == "students" and seed != seeds[0]:
       folders.remove("gen_0")
     if config.student_baseline:
-      folders.insert(1, BASELINE.lower())
+      # Trained right before generation 1, as run_chain does.
+      folders.insert(folders.index("gen_1"), BASELINE.lower())
     plan += [((seed, folder),
               0 if (workdir / f"seed_{seed}" / folder /
                     "result.json").exists() else steps)

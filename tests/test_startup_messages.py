@@ -163,7 +163,8 @@ def test_orbax_errors_are_one_line_and_in_full_in_the_debug_log(caplog):
       "absl", std_logging.ERROR, "/site-packages/orbax/checkpoint/future.py",
       387, "[process=0] _SignalingThread.run() raised an exception: %s",
       (_FULL_DISK,), None)
-  with caplog.at_level(std_logging.DEBUG):
+  # The absl logger's own level too: tests before this one may have set it.
+  with caplog.at_level(std_logging.DEBUG, logger="absl"):
     assert logs.quiet_orbax(record)  # pylint: disable=protected-access
   assert len(record.getMessage()) <= short_errors.LIMIT
   assert "No space left on device" in record.getMessage()

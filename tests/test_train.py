@@ -319,8 +319,7 @@ def test_an_epoch_is_the_full_batches(num_examples, batch_size, steps):
       name="empty", train_images=empty,
       train_labels=np.zeros(num_examples, np.int32), test_images=empty[:1],
       test_labels=np.zeros(1, np.int32), num_classes=NUM_CLASSES,
-      label_names=tuple(map(str, range(NUM_CLASSES))), mean=(0.0,),
-      std=(1.0,)), mesh, 1)
+      mean=(0.0,), std=(1.0,)), mesh, 1)
   model = pipeline.build_model("wrn10_1", config, NUM_CLASSES)
   trainer = train.GenerationTrainer(config, model, None, data, mesh)
   assert trainer.steps_per_epoch == steps
@@ -406,21 +405,30 @@ def test_each_epoch_and_generation_has_its_own_order(tmp_path, monkeypatch,
       assert not np.array_equal(a, b)
 
 
-def test_a_step_uses_the_teacher_in_inference_mode_and_a_fresh_key():
-  # The compiled step against the same step built by hand from its parts:
-  # the teacher in inference mode (its running statistics, here far from
-  # any batch's, so batch statistics would give other logits) and the
-  # step's own key, fold_in(rng, step), for the crop and flip.
+def _augmented_wrn10_1_step(loss: str = "kd"):
+  """(config, data, teacher module, trainer) of a WRN-10-1 digits step with
+  augmentation, one step per call, on every device."""
   config = digits.get_config()
   config.model.name = "wrn10_1"
   config.data.augment = True
+  config.distill.loss = loss
   config.steps_per_call = 1
   mesh = parallel.make_mesh()
   data = train.put_dataset(pipeline.load_dataset(config.data), mesh,
                            config.eval_batch_size)
   teacher = pipeline.build_model("wrn10_1", config, data.num_classes)
+  # pylint: disable-next=protected-access
   trainer = pipeline._trainer({}, config, "wrn10_1", teacher, False, data,
                               mesh)
+  return config, data, teacher, trainer
+
+
+def test_a_step_uses_the_teacher_in_inference_mode_and_a_fresh_key():
+  # The compiled step against the same step built by hand from its parts:
+  # the teacher in inference mode (its running statistics, here far from
+  # any batch's, so batch statistics would give other logits) and the
+  # step's own key, fold_in(rng, step), for the crop and flip.
+  config, data, teacher, trainer = _augmented_wrn10_1_step()
   teacher_vars = trainer.init_state(jax.random.key(7)).variables
   teacher_vars["batch_stats"] = jax.tree.map(
       lambda x: jnp.full_like(x, 3.0), teacher_vars["batch_stats"])
@@ -453,18 +461,8 @@ def test_dkpp_per_example_step_loss_is_the_targets_of_the_batch_indices():
   # dkpp_targets with the batch's indices into the train split and the
   # generation's key. At step 3 the batch holds step 0's examples in
   # reverse order (other augmented views): the same key must serve.
-  config = digits.get_config()
-  config.model.name = "wrn10_1"
-  config.data.augment = True
-  config.distill.loss = "dkpp"
-  config.steps_per_call = 1
+  config, data, teacher, trainer = _augmented_wrn10_1_step(loss="dkpp")
   assert config.distill.dkpp_permutation == "example"  # The default.
-  mesh = parallel.make_mesh()
-  data = train.put_dataset(pipeline.load_dataset(config.data), mesh,
-                           config.eval_batch_size)
-  teacher = pipeline.build_model("wrn10_1", config, data.num_classes)
-  trainer = pipeline._trainer({}, config, "wrn10_1", teacher, False, data,
-                              mesh)
   teacher_vars = parallel.fetch(trainer.init_state(jax.random.key(7))
                                 .variables)
   rng = jax.random.key(11)

@@ -338,7 +338,7 @@ def test_a_missing_field_is_named():
   fields = digits.get_config().to_dict()
   del fields["distill"]["dkpp_permutation"]
   assert _error(ml_collections.ConfigDict(fields)) == (
-      "config.distill.dkpp_permutation is missing; start a config from "
+      "The config lacks distill.dkpp_permutation. Start it from "
       "configs/default.py's get_config(), which has every field.")
 
 
