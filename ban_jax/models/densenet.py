@@ -24,12 +24,32 @@ concatenation, first norm and 1x1 conv of each layer are rematerialised in
 the backward pass (Pleiss et al., 2017), so that only the layers' own
 outputs are kept (linear memory) at the price of computing them twice. Off
 by default, since it costs time; turn it on when the large DenseNets do not
-fit at the batch size wanted.
+fit at the batch size wanted. (One preallocated block buffer written in
+place by each layer does not help under XLA: the backward pass reads every
+layer's version of it, so XLA copies the whole buffer at each layer; on the
+CPU that took as long and 15% more memory than the concatenations, which
+XLA mostly fuses into the norms reading them. See docs/performance.md.)
+
+Compile time: each layer reads a different width, so each is code of its
+own, and the train step of DenseNet-BC-100-12 (48 layers, teacher and
+student) compiles slowly: 76 s on an H200. With `layers_per_scan=k` the
+layers of a block run in groups of at most k, each group one `lax.scan`
+whose steps read the group's widest input, the channels not yet written
+being zeros that zero-padded parameters ignore (`_scanned_layers`); a group
+compiles once. Parameters, their names and initial values, the batch
+statistics and the function computed stay those of the unrolled network
+(tests/test_densenet.py); the padding costs multiply-adds, for
+densenet100_12 +2%, +6%, +15% and +32% at k = 2, 4, 8 and 16. The default
+is 1, every layer unrolled: on the CPU, XLA runs convolutions inside a loop
+as generated loops instead of its convolution library (jax-ml/jax#12868),
+which made a DenseNet-BC-100-12 step 4-5 times slower; on a GPU the trade
+has not been measured.
 
 Dense block inputs and outputs (the latter before the transition) are sown
 into 'intermediates' as `stage{k}_in` / `stage{k}_out`.
 """
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -109,8 +129,102 @@ class DenseLayer(nn.Module):
     return dropout(common.conv(self.growth, 3, self.dtype, name="conv")(y))
 
 
+def _group_sizes(num_layers: int, layers_per_scan: int) -> list[int]:
+  """Splits a block's layers into as few, as even, scanned groups as allowed.
+
+  Every group has its own input width and so its own compiled loop body;
+  even sizes keep the zero padding of the widest group small.
+  """
+  groups = -(-num_layers // max(1, layers_per_scan))
+  size, extra = divmod(num_layers, groups)
+  return [size + 1] * extra + [size] * (groups - extra)
+
+
+def _pad_head(tree: Any, extra: int) -> Any:
+  """Pads a DenseLayer's variables to `extra` more input channels.
+
+  The bottleneck's norm gets scale, bias and mean 0 and variance 1 on the
+  padding, its 1x1 kernel zero rows, so padded channels, whatever they hold,
+  add nothing to the layer's output; everything else is left alone.
+  """
+  def pad(path, leaf):
+    names = [p.key for p in path]
+    if names[0] != "bottleneck":
+      return leaf
+    widths = [(0, 0)] * leaf.ndim
+    widths[2 if names[-1] == "kernel" else 0] = (0, extra)
+    return jnp.pad(leaf, widths, constant_values=1 if names[-1] == "var" else 0)
+  return jax.tree_util.tree_map_with_path(pad, tree)
+
+
+def _scanned_layers(module: nn.Module, pieces: list[jax.Array], names,
+                    train: bool, dtype: Any) -> jax.Array:
+  """Runs the DenseLayers `names` in one `lax.scan`; returns their outputs.
+
+  The layers read widths `width`, `width + growth`, ... (`width` the
+  channels in `pieces`), so they cannot share one set of parameter shapes:
+  each layer's variables keep the paper's shapes in the model (checkpoints
+  and parameter counts are those of an unrolled DenseNet) and are padded
+  here to the group's widest layer. The loop carries a buffer of the
+  group's `len(names) * growth` new channels, zero until written, and each
+  step reads it with the block's earlier pieces. Call from inside
+  `module`'s compact `__call__`.
+  """
+  growth, count = module.growth, len(names)
+  width = sum(p.shape[-1] for p in pieces)
+  make = functools.partial(
+      DenseLayer, module.growth, module.bottleneck_width, module.dropout_rate,
+      module.memory_efficient, dtype)
+  if module.is_initializing():
+    # The variables are those of the unrolled layers, made by the same
+    # modules; a 1x1 image fixes their shapes at little compile cost.
+    for t, name in enumerate(names):
+      make(name=name)(jnp.zeros((1, 1, 1, width + t * growth), dtype), False)
+  variables = [
+      {col: _pad_head(module.variables[col][name], (count - 1 - t) * growth)
+       for col in ("params", "batch_stats")}
+      for t, name in enumerate(names)]
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *variables)
+  keys = None
+  if train and module.dropout_rate > 0:
+    keys = jax.random.split(module.make_rng("dropout"), count)
+  # Unbound: applied functionally inside the loop to each step's variables.
+  layer = make(parent=None)
+
+  def step(buffer, xs):
+    layer_variables, key, t = xs
+    # The last layer's output is read by no layer of the group.
+    own = (buffer[..., :(count - 1) * growth],)
+    # The pieces go in separately, so that with memory_efficient the
+    # rematerialised head keeps them once for the whole loop, not per step.
+    y, state = layer.apply(
+        layer_variables, (*pieces, *own), train, mutable=["batch_stats"],
+        rngs={} if key is None else {"dropout": key})
+    buffer = jax.lax.dynamic_update_slice_in_dim(
+        buffer, y.astype(buffer.dtype), t * growth, axis=3)
+    return buffer, state["batch_stats"]
+
+  buffer = jnp.zeros((*pieces[0].shape[:-1], count * growth), dtype)
+  buffer, stats = jax.lax.scan(step, buffer,
+                               (stacked, keys, jnp.arange(count)))
+  if train and not module.is_initializing():
+    # nn.BatchNorm leaves the statistics alone at initialisation; so do we.
+    for t, name in enumerate(names):
+      new = jax.tree_util.tree_map_with_path(
+          lambda path, leaf, t=t: leaf[t, :width + t * growth]
+          if path[0].key == "bottleneck" else leaf[t], stats)
+      module.put_variable("batch_stats", name, new)
+  return buffer
+
+
 class DenseNet(nn.Module):
-  """DenseNet-BC-depth-growth for CIFAR-sized images."""
+  """DenseNet-BC-depth-growth for CIFAR-sized images.
+
+  `layers_per_scan` > 1 scans each block's layers in groups of at most that
+  many (fewer programs to compile, some padded work; see the module
+  docstring); any value gives the same variables and, within float
+  rounding, the same outputs.
+  """
   depth: int
   growth: int
   num_classes: int
@@ -119,6 +233,7 @@ class DenseNet(nn.Module):
   dropout_rate: float = 0.0
   memory_efficient: bool = False
   dtype: Any = "auto"
+  layers_per_scan: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -127,12 +242,16 @@ class DenseNet(nn.Module):
     x = common.conv(2 * self.growth, 3, dtype, name="stem")(x.astype(dtype))
     for block in range(3):
       self.sow("intermediates", f"stage{block}_in", x)
-      features = [x]
-      for i in range(n):
-        features.append(DenseLayer(
-            self.growth, self.bottleneck_width, self.dropout_rate,
-            self.memory_efficient, dtype,
-            name=f"block{block}_layer{i}")(features, train))
+      features, first = [x], 0
+      for size in _group_sizes(n, self.layers_per_scan):
+        names = [f"block{block}_layer{i}" for i in range(first, first + size)]
+        if size == 1:
+          features.append(DenseLayer(
+              self.growth, self.bottleneck_width, self.dropout_rate,
+              self.memory_efficient, dtype, name=names[0])(features, train))
+        else:
+          features.append(_scanned_layers(self, features, names, train, dtype))
+        first += size
       x = jnp.concatenate(features, axis=-1)
       self.sow("intermediates", f"stage{block}_out", x)
       if block < 2:
