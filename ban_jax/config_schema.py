@@ -237,6 +237,7 @@ RULES = {
     "model.dropout_rate": _FRACTION,
     # Its value: validation._dtype (models.common.resolve_dtype's names).
     "model.dtype": _TEXT,
+    "model.layers_per_scan": _POSITIVE_INT,
     # Its value: as model.name's, when set.
     "student_model": _TEXT,
     "student_dropout_rate": Rule(float, below=1, expected=(

@@ -63,7 +63,11 @@ class Generation:
 
 def build_model(name: str, config, num_classes: int,
                 generation: int = 0) -> nn.Module:
-  """The named model with the config's dtype and (if it has one) dropout."""
+  """The named model with the config's dtype, dropout and layer scans.
+
+  Dropout and `model.layers_per_scan` apply to the models that have them
+  (Wide-ResNets, DenseNets); another model logs that it ignores them.
+  """
   module = models.get_model(name, num_classes, dtype=config.model.dtype)
   dropout = config.model.dropout_rate
   if generation > 0 and config.student_dropout_rate >= 0:
@@ -74,6 +78,13 @@ def build_model(name: str, config, num_classes: int,
   elif dropout:
     logging.warning("Model %s has no dropout; a dropout rate of %s is "
                     "ignored for it.", name, dropout)
+  layers_per_scan = config.model.layers_per_scan
+  if "layers_per_scan" in fields:
+    module = module.clone(layers_per_scan=layers_per_scan)
+  elif layers_per_scan != 1:
+    logging.warning("Model %s has no scanned layers (only DenseNets do); "
+                    "model.layers_per_scan=%s is ignored for it.", name,
+                    layers_per_scan)
   return module
 
 

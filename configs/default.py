@@ -30,6 +30,8 @@ RERUN_SAFE_FIELDS = (
     "checkpoint_every_steps", "steps_per_call", "xla_options",
     "compilation_cache_dir", "seeds", "paper_row", "data.source",
     "data.data_dir", "data.archive_path",
+    # The same parameters and function, compiled as loops or unrolled.
+    "model.layers_per_scan",
     # The Baseline has its own folder and random stream: adding it to a
     # finished workdir changes no generation.
     "student_baseline",
@@ -79,6 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.3
   # Compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU.
   config.model.dtype = "auto"
+  # DenseNets: scan each block's layers in groups of this many (1: unrolled).
+  config.model.layers_per_scan = 1
   # Network of generations >= 1; empty means the same as model.name.
   config.student_model = ""
   # Dropout of generations >= 1; negative means model.dropout_rate.

@@ -71,6 +71,7 @@ def test_bench_prints_json_lines_and_a_table(tmp_path, repo_root):
     (["--modes=,"], "--modes=',': use any of step, step+aug, epoch."),
     (["--warmup=-1"], "--warmup=-1 is too small."),
     (["--profile_steps=-1"], "--profile_steps=-1 is too small."),
+    (["--layers_per_scan=-1"], "--layers_per_scan=-1 is too small."),
 ])
 def test_bad_flags_stop_before_any_compute(capsys, flags, message):
   with pytest.raises(SystemExit) as stop:
@@ -430,3 +431,39 @@ def test_project_prints_the_whole_chains_hours(monkeypatch, capsys):
   config = config_file.load("configs/cifar100.py", "model=densenet112_33")
   assert bench.projection(config, 64, 0.1)["hours"] == pytest.approx(
       4 * 200 * 781 * 0.1 / 3600)
+
+
+def test_layers_per_scan_reaches_the_densenets_and_names_their_rows(
+    monkeypatch, capsys):
+  made = []
+
+  class FakeKDBench:
+
+    def __init__(self, data):
+      self.data = data
+
+    @classmethod
+    def build(cls, base, model, batch, dtype, steps_per_call, data, mesh,
+              xla_options, profile_dir, profile_steps, float32_classifier):
+      del batch, dtype, steps_per_call, mesh, xla_options
+      del profile_dir, profile_steps, float32_classifier
+      made.append((model, base.model.layers_per_scan))
+      return cls(data)
+
+    def steps(self, augment, steps, warmup, steps_per_call):
+      del augment, steps, warmup, steps_per_call
+      return {"img_per_s": 100.0}
+
+  monkeypatch.setattr(bench, "KDBench", FakeKDBench)
+  bench.main(["--models=densenet16_4,wrn10_1", "--batch_sizes=16",
+              "--modes=step", "--layers_per_scan=4", "--image_size=8",
+              "--num_examples=48", "--num_classes=10", "--devices=2",
+              "--steps_per_call=1"])
+  assert made == [("densenet16_4", 4), ("wrn10_1", 4)]
+  out = capsys.readouterr().out
+  rows = [json.loads(line) for line in out.splitlines()
+          if line.startswith("{")]
+  # Only the DenseNet's row says it scanned: the WRN has nothing to scan.
+  assert [r.get("layers_per_scan") for r in rows] == [4, None]
+  assert "| ban_jax | densenet16_4 (scan 4) | fp32 | 16 |" in out
+  assert "| ban_jax | wrn10_1 | fp32 | 16 |" in out

@@ -668,3 +668,23 @@ def test_a_students_rerun_loads_everything(students, monkeypatch):
                      "in seed_0/gen_0, not seed_1/gen_0"):
     pipeline.run(reordered, str(workdir))
   assert spy.calls == []
+
+
+def test_build_model_scans_densenet_layers_and_says_what_else_ignores_it(
+    tiny_digits_config, caplog):
+  config = tiny_digits_config
+  config.model.layers_per_scan = 4
+  densenet = pipeline.build_model("densenet16_4", config, 10)
+  assert densenet.layers_per_scan == 4
+  # A Wide-ResNet has nothing to scan: built as always, with a warning.
+  with caplog.at_level("WARNING"):
+    wrn = pipeline.build_model("wrn10_1", config, 10)
+  assert not hasattr(wrn, "layers_per_scan")
+  assert "model.layers_per_scan=4 is ignored" in caplog.text
+  config.model.layers_per_scan = 1
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    assert pipeline.build_model("densenet16_4", config,
+                                10).layers_per_scan == 1
+    pipeline.build_model("wrn10_1", config, 10)
+  assert "layers_per_scan" not in caplog.text

@@ -73,6 +73,7 @@ ones, compiled once). Non-model settings (schedule, dtype default) come from
 """
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -336,6 +337,8 @@ def _rows(args):
              "classifier": "fp32" if float32_classifier else dtype_label}
       if args.xla_options:
         row["xla_options"] = args.xla_options
+      if _scans_layers(model) and args.base_config.model.layers_per_scan > 1:
+        row["layers_per_scan"] = args.base_config.model.layers_per_scan
       bench, error = _build(args, model, batch, mesh, float32_classifier)
       for mode in _names(args.modes):
         result = dict(row, mode=labels[mode] + (
@@ -403,6 +406,12 @@ def _has_low_classifier(model: str) -> bool:
   return True
 
 
+def _scans_layers(model: str) -> bool:
+  """Whether `model` takes layers_per_scan (DenseNets do)."""
+  return any(f.name == "layers_per_scan"
+             for f in dataclasses.fields(models.get_model(model, 10)))
+
+
 def _names(text: str) -> list[str]:
   return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -432,8 +441,9 @@ def table(rows, peer_rows=()) -> str:
 
   for row in rows:
     lines.append(
-        f"| {row['impl']} | {row['model']} | {row['mode']} | "
-        f"{row.get('batch', '-')} | "
+        f"| {row['impl']} | {row['model']}"
+        + (f" (scan {row['layers_per_scan']})" if "layers_per_scan" in row
+           else "") + f" | {row['mode']} | {row.get('batch', '-')} | "
         + ("error: " + _one_line(row["error"])[:80] if "error" in row else
            f"{fmt(row.get('img_per_s'), ',.1f')} | "
            f"{fmt(row.get('compile_s'), '.1f')} | "
@@ -529,6 +539,9 @@ def parse_args(argv=None):
   add("--bf16_classifier", action="store_true",
       help="also run every mode with the classifier in the compute dtype "
       "instead of float32, to show what the float32 classifier costs")
+  add("--layers_per_scan", type=int, default=0,
+      help="DenseNets: scan each block's layers in groups of this many "
+      "(1: unrolled; default: the config's model.layers_per_scan)")
   add("--image_size", type=int, default=32, help="square image side")
   add("--num_classes", type=int, default=100)
   add("--num_examples", type=int, default=50_000,
@@ -589,7 +602,8 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
   if not batches or min(batches) < 1:
     parser.error(f"--batch_sizes={args.batch_sizes!r}: use positive "
                  "integers, e.g. 128,256.")
-  at_least_0 = ("warmup", "steps_per_call", "devices", "profile_steps")
+  at_least_0 = ("warmup", "steps_per_call", "devices", "profile_steps",
+                "layers_per_scan")
   for flag in ("steps", "num_examples", "image_size", "num_classes",
                *at_least_0):
     if getattr(args, flag) < (0 if flag in at_least_0 else 1):
@@ -620,6 +634,8 @@ def _fill_defaults(args) -> None:
                        if n)))
   if args.batch_sizes is None:
     args.batch_sizes = str(config.batch_size) if args.project else "128"
+  if args.layers_per_scan:
+    config.model.layers_per_scan = args.layers_per_scan
 
 
 def main(argv=None) -> None:
