@@ -4,9 +4,11 @@
 # Run from the repository root, with the peer's files in $PEER_DIR
 # (default .peer: `mkdir -p .peer && cp ../shared/bench/*.py .peer/`):
 #
-#   OUT=bench_out bash launch/bench_gpu.sh
+#   bash launch/bench_gpu.sh            # the table against the peer
+#   PART=2 bash launch/bench_gpu.sh     # the scanned DenseNets
 #
-# Writes $OUT/env.txt, peer.jsonl, ours.jsonl (JSON lines) and table.md.
+# Writes $OUT/env.txt, peer.jsonl, ours.jsonl (JSON lines) and table.md;
+# OUT is bench_out by default, bench_out_part2 for PART=2.
 # Every stage has a time limit, so one slow stage costs only its own rows;
 # the exit code is 1 if any stage failed or ran out of time (named at the
 # end), 0 if all went through. Everything runs at batch 128 (the peer's
@@ -16,7 +18,8 @@
 # ResNet-18 + WRN-28-10 80 s (three modes; two here), DenseNet-BC-100 at
 # least 90 s (a step program compiles in 45-76 s). DenseNet-BC-112-33 is
 # UNMEASURED, the peer's and ours: its limits (60 s, 110 s) are guesses.
-# The limits add up to 565 s, under 9.5 minutes (a device call has 10).
+# The limits add up to 565 s, under 9.5 minutes (a device call has 10);
+# PART=2's to 225 s.
 # To fit, the DenseNets of ban_jax run the `+aug` step alone (one compile
 # per batch; the epoch mode would add one for its last short call at 64).
 # Wheels in .whl/ (ml_collections, where the image lacks it) are installed
@@ -25,18 +28,33 @@
 #   BENCH_ARGS="--image_size=8 --num_examples=64 --steps=2
 #   --warmup=1 --steps_per_call=2" OUT=/tmp/b bash launch/bench_gpu.sh
 set -u
-OUT=${OUT:-bench_out}
+PART=${PART:-1}
+OUT=${OUT:-bench_out$( ((PART == 1)) || echo "_part$PART")}
 PEER_DIR=${PEER_DIR:-.peer}
 # Each word is one ban_jax.tools.bench process (one time limit each):
-# MODELS[:BATCHES[:MODES]], comma-separated lists (default 128, all modes).
-DEFAULT_MODELS="resnet18,wrn28_10:128:step+aug,epoch
-  densenet100_12:128,64:step+aug densenet112_33:128,64:step+aug"
+# MODELS[:BATCHES[:MODES[:FLAGS]]], comma-separated lists (default 128, all
+# modes, no more flags).
+# PART=1 (the default) is the table against the peer; PART=2, a second
+# call of its own, what has no peer row: the DenseNets with their layers
+# scanned in groups of 8 (model.layers_per_scan), to see whether the scan
+# buys the compile time it does on the CPU.
+case $PART in
+  1) DEFAULT_MODELS="resnet18,wrn28_10:128:step+aug,epoch
+       densenet100_12:128,64:step+aug densenet112_33:128,64:step+aug"
+     DEFAULT_PEER_EAGER="resnet18,densenet_bc100 densenet_bc112_33"
+     DEFAULT_PEER_COMPILE=wrn28_10;;
+  2) DEFAULT_MODELS="densenet100_12:128:step+aug:--layers_per_scan=8
+       densenet112_33:128:step+aug:--layers_per_scan=8"
+     DEFAULT_PEER_EAGER='' DEFAULT_PEER_COMPILE='';;
+  *) echo "PART=$PART: use 1 (the table against the peer) or 2 (scanned" \
+       "DenseNets)." >&2; exit 2;;
+esac
 MODELS=${MODELS:-$DEFAULT_MODELS}
 # The peer's best mode per model (../shared/bench/README.md): eager fp32
 # for ResNet-18 and the DenseNets (bf16 is run beside it), torch.compile
 # for WRN. Each word is one peer process.
-PEER_EAGER=${PEER_EAGER-resnet18,densenet_bc100 densenet_bc112_33}
-PEER_COMPILE=${PEER_COMPILE-wrn28_10}
+PEER_EAGER=${PEER_EAGER-$DEFAULT_PEER_EAGER}
+PEER_COMPILE=${PEER_COMPILE-$DEFAULT_PEER_COMPILE}
 BENCH_ARGS=${BENCH_ARGS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -88,10 +106,14 @@ done
 
 : > "$OUT/ours.log"
 for word in $MODELS; do
-  IFS=: read -r models batches modes <<< "$word"
-  stage "ban_jax: $models at ${batches:-128}${modes:+ ($modes)}"
+  IFS=: read -r models batches modes flags <<< "$word"
+  stage "ban_jax: $models at ${batches:-128}${modes:+ ($modes)}${flags:+" $flags"}"
   args=(--models="$models" --batch_sizes="${batches:-128}")
   if [ -n "$modes" ]; then args+=(--modes="$modes"); fi
+  if [ -n "$flags" ]; then
+    IFS=, read -r -a more <<< "$flags"
+    args+=("${more[@]}")
+  fi
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags.
   timeout "$(limit ours "$models")" python3 -m ban_jax.tools.bench \
     "${args[@]}" $BENCH_ARGS >> "$OUT/ours.log" 2>&1

@@ -545,6 +545,21 @@ def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
   assert good.returncode == 0, good.stderr
   assert _python_argv(good) == [[*bench, "--models=resnet18",
                                  "--batch_sizes=128"]]
+  # PART=2: the scanned DenseNets alone, no peer, into a folder of its own.
+  (fakes.tmp / "limits").unlink()
+  part2 = fakes(["bash", f"{LAUNCH}/bench_gpu.sh"], cwd=fakes.tmp,
+                PYTHONPATH=REPO, PART="2")
+  assert part2.returncode == 0, part2.stderr
+  assert _python_argv(part2) == [
+      [*bench, f"--models={model}", "--batch_sizes=128", "--modes=step+aug",
+       "--layers_per_scan=8"]
+      for model in ("densenet100_12", "densenet112_33")]
+  assert [int(x) for x in limits.read_text().split()] == [115, 110]
+  assert (fakes.tmp / "bench_out_part2" / "table.md").exists()
+  bad = fakes(["bash", f"{LAUNCH}/bench_gpu.sh"], cwd=fakes.tmp,
+              PYTHONPATH=REPO, PART="3")
+  assert bad.returncode == 2
+  assert "PART=3: use 1 (the table against the peer) or 2" in bad.stderr
 
 
 # ----------------------------------------------------- the README's commands
