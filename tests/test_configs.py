@@ -18,6 +18,7 @@ from configs import cifar100
 from configs import cifar_base
 from configs import default
 from configs import digits
+from configs import digits_small
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -188,6 +189,25 @@ def test_digits_config_is_the_readme_job():
       "compilation_cache_dir": "compile_cache",
   }
   assert digits.get_config("").num_generations == 3
+
+
+def test_digits_small_is_the_digits_job_on_200_images():
+  small = digits_small.get_config().to_dict()
+  full = digits.get_config().to_dict()
+  changed = {(outer, inner): (full[outer][inner], small[outer][inner])
+             for outer in full if isinstance(full[outer], dict)
+             for inner in full[outer]
+             if full[outer][inner] != small[outer][inner]}
+  changed.update({key: (full[key], small[key]) for key in full
+                  if not isinstance(full[key], dict)
+                  and full[key] != small[key]})
+  # As many steps a generation as digits' 15 epochs of 21 (6 x 50 = 300),
+  # the decays at about the same fractions (8/15, 12/15 of the epochs).
+  assert changed == {("data", "max_train_examples"): (0, 200),
+                     "batch_size": (64, 32), "num_epochs": (15, 50),
+                     ("optim", "lr_decay_epochs"): ((8, 12), (27, 40))}
+  with pytest.raises(ValueError, match="takes no argument"):
+    digits_small.get_config("smoke")
 
 
 def test_the_paper_recipe_is_the_default():

@@ -61,7 +61,8 @@ def load_dataset(data_config) -> Dataset:
   """Loads the dataset that `data_config.name` names (see configs/).
 
   `data_config.max_train_examples` / `max_test_examples` (0: all) keep only
-  the first examples of a split: for smoke tests, never for results. (CIFAR
+  the first examples of a split: for smoke tests, and for the smaller
+  train split of configs/digits_small.py; never for paper results. (CIFAR
   applies the train cap before dividing the split between hosts.)
   """
   name = data_config.name
