@@ -1,8 +1,8 @@
 """Test set-up and shared fixtures.
 
-Eight virtual CPU devices, so multi-device paths run here: the flag must be
-set before JAX initialises its backends, i.e. before any test module
-imports jax. Fixtures: `repo_root`, and `tiny_digits_config` for end-to-end
+Eight virtual CPU devices, so multi-device paths run here, and XLA code
+compiled without LLVM's optimisations: the flags must be set before JAX
+initialises its backends, i.e. before any test module imports jax. Fixtures: `repo_root`, and `tiny_digits_config` for end-to-end
 runs on the digits.
 """
 
@@ -13,6 +13,13 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+# Most of the suite's time is XLA compiling tiny programs that then run a
+# few steps. Without LLVM's optimisations they compile in about two thirds
+# of the CPU time; the HLO (what is computed, fused and in which order) is
+# the same, and the tests check numbers, not speed. Commands the tests
+# start inherit the flag (those that set XLA_FLAGS themselves add it).
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
