@@ -19,6 +19,15 @@
 # The limits add up to 565 s, under 9.5 minutes (a device call has 10).
 # To fit, the DenseNets of ban_jax run the `+aug` step alone (one compile
 # per batch; the epoch mode would add one for its last short call at 64).
+#
+# SUITE=seeds runs, instead of all the above, seeds side by side
+# (config.parallel_seeds; README, "Seeds side by side"): for each model of
+# SEED_MODELS (default resnet20 wrn16_2 wrn28_1 wrn28_10) at batch 128, the
+# `+aug` step with SEED_COUNTS seeds in one program (default 1 4 8), one
+# process each: 12 stages, whose limits add up to 525 s. UNMEASURED on a
+# GPU so far: the limits (35 s a small model, 60-80 s for WRN-28-10) are
+# guesses from the compile times above. ours.jsonl then holds rows with
+# `seeds`, `img_per_s` (all seeds) and `img_per_s_per_seed`.
 # Wheels in .whl/ (ml_collections, where the image lacks it) are installed
 # into /tmp/site first. For a dry run on a CPU, shrink everything:
 #   MODELS="wrn10_1 resnet20:16,8" PEER_EAGER=resnet18 PEER_COMPILE= \
@@ -38,6 +47,13 @@ MODELS=${MODELS:-$DEFAULT_MODELS}
 PEER_EAGER=${PEER_EAGER-resnet18,densenet_bc100 densenet_bc112_33}
 PEER_COMPILE=${PEER_COMPILE-wrn28_10}
 BENCH_ARGS=${BENCH_ARGS:-}
+SUITE=${SUITE:-peer}
+SEED_MODELS=${SEED_MODELS:-resnet20 wrn16_2 wrn28_1 wrn28_10}
+SEED_COUNTS=${SEED_COUNTS:-1 4 8}
+if [ "$SUITE" = seeds ]; then
+  # Only the seeds' stages: no peer, and ban_jax's models are SEED_MODELS.
+  PEER_EAGER=; PEER_COMPILE=; MODELS=
+fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
@@ -67,6 +83,8 @@ limit() {
     peer:*densenet_bc112_33*) echo 60;; peer:*densenet_bc100*) echo 100;;
     compile:*) echo 110;;
     ours:*densenet112_33*) echo 110;; ours:*densenet100_12*) echo 115;;
+    seeds:wrn28_10:1) echo 60;; seeds:wrn28_10:4) echo 70;;
+    seeds:wrn28_10:*) echo 80;; seeds:*) echo 35;;
     *) echo 70;;
   esac
 }
@@ -97,6 +115,18 @@ for word in $MODELS; do
     "${args[@]}" $BENCH_ARGS >> "$OUT/ours.log" 2>&1
   check "ban_jax $models at ${batches:-128}"
 done
+if [ "$SUITE" = seeds ]; then
+  for model in $SEED_MODELS; do
+    for seeds in $SEED_COUNTS; do
+      stage "ban_jax: $model at 128, $seeds seed(s) side by side"
+      # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags.
+      timeout "$(limit seeds "$model:$seeds")" python3 -m ban_jax.tools.bench \
+        --models="$model" --batch_sizes=128 --modes=step+aug \
+        --seeds="$seeds" $BENCH_ARGS >> "$OUT/ours.log" 2>&1
+      check "ban_jax $model with $seeds seed(s)"
+    done
+  done
+fi
 grep '^{' "$OUT/ours.log" > "$OUT/ours.jsonl"
 
 python3 - "$OUT" <<'EOF'

@@ -547,6 +547,26 @@ def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
                                  "--batch_sizes=128"]]
 
 
+def test_bench_gpu_times_seeds_side_by_side(fakes):
+  out = fakes.tmp / "out"
+  limits = fakes.tmp / "limits"
+  (fakes.tmp / "bin" / "timeout").write_text(
+      f'#!/bin/bash\necho "$1" >> {limits}\nshift\nexec "$@"\n')
+  (fakes.tmp / "bin" / "timeout").chmod(0o755)
+  proc = fakes(["bash", f"{LAUNCH}/bench_gpu.sh"], cwd=fakes.tmp,
+               PYTHONPATH=REPO, OUT=str(out), SUITE="seeds")
+  assert proc.returncode == 0, proc.stderr
+  bench = ["-m", "ban_jax.tools.bench"]
+  assert _python_argv(proc) == [
+      [*bench, f"--models={model}", "--batch_sizes=128", "--modes=step+aug",
+       f"--seeds={seeds}"]
+      for model in ("resnet20", "wrn16_2", "wrn28_1", "wrn28_10")
+      for seeds in (1, 4, 8)]
+  stage_limits = [int(x) for x in limits.read_text().split()]
+  assert stage_limits == [35] * 9 + [60, 70, 80]
+  assert sum(stage_limits) < 9 * 60
+
+
 # ----------------------------------------------------- the README's commands
 
 
