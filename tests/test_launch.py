@@ -502,13 +502,19 @@ def test_local_bad_process_count(fakes, nproc):
 # ----------------------------------------------------------- bench_gpu.sh
 
 
-def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
-  out = fakes.tmp / "out"
-  # A `timeout` that notes each stage's limit and runs the stage.
+def _noting_limits(fakes):
+  """A `timeout` that notes each stage's limit in the returned file and
+  runs the stage."""
   limits = fakes.tmp / "limits"
   (fakes.tmp / "bin" / "timeout").write_text(
       f'#!/bin/bash\necho "$1" >> {limits}\nshift\nexec "$@"\n')
   (fakes.tmp / "bin" / "timeout").chmod(0o755)
+  return limits
+
+
+def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
+  out = fakes.tmp / "out"
+  limits = _noting_limits(fakes)
   proc = fakes(["bash", f"{LAUNCH}/bench_gpu.sh"], cwd=fakes.tmp,
                PYTHONPATH=REPO, OUT=str(out),
                BENCH_ARGS="--steps=2  --warmup=1",
@@ -549,10 +555,7 @@ def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
 
 def test_bench_gpu_times_seeds_side_by_side(fakes):
   out = fakes.tmp / "out"
-  limits = fakes.tmp / "limits"
-  (fakes.tmp / "bin" / "timeout").write_text(
-      f'#!/bin/bash\necho "$1" >> {limits}\nshift\nexec "$@"\n')
-  (fakes.tmp / "bin" / "timeout").chmod(0o755)
+  limits = _noting_limits(fakes)
   proc = fakes(["bash", f"{LAUNCH}/bench_gpu.sh"], cwd=fakes.tmp,
                PYTHONPATH=REPO, OUT=str(out), SUITE="seeds")
   assert proc.returncode == 0, proc.stderr
