@@ -804,6 +804,7 @@ class SeedGroupTrainer:
     self.alone = alone
     self.config = alone.config
     self.mesh = seed_mesh
+    self.batch_size = alone.batch_size
     self.steps_per_epoch = alone.steps_per_epoch
     self.total_steps = alone.total_steps
     self.shared_teacher = shared_teacher

@@ -189,13 +189,14 @@ class KDBench:
     self.trainers, self.data = trainers, data
     self.state, self.teacher_vars = state, teacher_vars
     self.seeds = seeds
-    self.batch = trainers[False].config.batch_size
+    self.batch = trainers[False].batch_size
     self.name = name
     self.profile_dir, self.profile_steps = profile_dir, profile_steps
     self.rng = self._keys(2)
     # The step modes' fixed order; the epoch draws its own, as fit does.
-    self.perm = trainers[False].epoch_order(self._keys(3), 0,
-                                            data.num_train)
+    self.perm = (train.epoch_permutation(jax.random.key(3), data.num_train)
+                 if seeds == 1 else trainers[False].epoch_order(
+                     self._keys(3), 0, data.num_train))
     self._compiled = {}
 
   def _keys(self, number: int) -> jax.Array:
@@ -408,7 +409,9 @@ def _build(args, model: str, batch: int, mesh, float32_classifier: bool
     return KDBench.build(args.base_config, model, batch, args.dtype,
                          args.steps_per_call, data, mesh, args.xla_options,
                          args.profile_dir, args.profile_steps,
-                         float32_classifier, args.seeds), None
+                         float32_classifier,
+                         **({"seeds": args.seeds} if args.seeds > 1 else {})
+                         ), None
   except Exception as e:  # pylint: disable=broad-except
     # One model's failure (out of memory at a big batch, a failed compile)
     # must not lose the others' numbers. Bad names were refused by
