@@ -217,6 +217,8 @@ RULES = {
     # Its items: validation._seeds (non-negative integers, no repeats).
     "seeds": Rule(tuple),
     "seed_scope": Rule(str, choices=SEED_SCOPES, what="seed scope"),
+    # Its upper bound, the number of seeds: validation._parallel_seeds.
+    "parallel_seeds": _POSITIVE_INT,
     "num_generations": Rule(int, minimum=1, expected=(
         ">= 1 (a teacher and at least one born-again generation)")),
     # Its items: validation._ensembles (2..num_generations, no repeats).

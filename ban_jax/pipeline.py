@@ -253,11 +253,11 @@ def _each(*callbacks):
 def _restore_or_init(trainer: train.GenerationTrainer, what: str,
                      teacher: Generation | None, share: bool, init_rng,
                      ckpt: checkpoints.GenerationCheckpoints,
-                     gen_dir: epath.Path
+                     gen_dir: epath.Path, max_step: int | None = None
                      ) -> tuple[train.TrainState, dict[str, Any]]:
-  """The latest checkpoint of `what` (e.g. "Generation 2"), or a fresh
-  student: (state, progress)."""
-  restored = ckpt.restore_latest(trainer.abstract_state())
+  """The latest checkpoint of `what` (e.g. "Generation 2"), at or before
+  `max_step` if given, or a fresh student: (state, progress)."""
+  restored = ckpt.restore_latest(trainer.abstract_state(), max_step)
   if restored is not None:
     step, state, progress = restored
     if step < trainer.total_steps:
@@ -308,6 +308,17 @@ def _record_result(config, index: int, trainer: train.GenerationTrainer,
                     config.seed)
 
 
+def _stop_if_requested(what: str) -> None:
+  """Stops before training `what` if a stop request arrived after the last
+  train steps (the generations before it are finished)."""
+  stop = preemption.requested()
+  if stop:
+    raise preemption.StopRequested(
+        f"Stopped by {stop} before training {what[0].lower()}{what[1:]}; "
+        "the generations before it are finished. Rerun the same command "
+        "to continue.", stop)
+
+
 def run_generation(config, index: int, teacher: Generation | None,
                    data: train.DeviceData, mesh, gen_dir: epath.Path,
                    trainers: dict | None = None,
@@ -347,12 +358,7 @@ def run_generation(config, index: int, teacher: Generation | None,
   fit_name = BASELINE.lower() if labels_only else index
   try:
     if int(parallel.fetch(state.step)) < trainer.total_steps:
-      stop = preemption.requested()  # Arrived after the last train steps.
-      if stop:
-        raise preemption.StopRequested(
-            f"Stopped by {stop} before training {what[0].lower()}{what[1:]}; "
-            "the generations before it are finished. Rerun the same command "
-            "to continue.", stop)
+      _stop_if_requested(what)
       state, progress = train.fit(
           trainer, state, source.variables if source else None, data,
           train_rng, ckpt, progress, generation=fit_name,
@@ -364,6 +370,98 @@ def run_generation(config, index: int, teacher: Generation | None,
     ckpt.close()
   return _record_result(config, index, trainer, state, source, data,
                         progress, gen_dir, labels_only)
+
+
+def _restore_together(trainer: train.GenerationTrainer, what: str,
+                      teachers: list[Generation | None], share: bool,
+                      init_rngs, ckpts, gen_dirs: list[epath.Path],
+                      seeds: list[int]
+                      ) -> tuple[list[train.TrainState], list[dict[str, Any]]]:
+  """`_restore_or_init` of each seed, at a step every seed has.
+
+  The seeds save each step one after the other: a kill -9 between two
+  seeds' saves leaves some of them a step ahead. Those go back to the
+  others' step (their later steps are set aside) and train it again, with
+  the same keys, so the rerun goes on as an uninterrupted run would.
+  """
+  def restore(i, max_step=None):
+    return _restore_or_init(trainer, f"{what} of seed {seeds[i]}",
+                            teachers[i], share, init_rngs[i], ckpts[i],
+                            gen_dirs[i], max_step)
+
+  restored = [restore(i) for i in range(len(seeds))]
+  while True:
+    steps = [int(parallel.fetch(state.step)) for state, _ in restored]
+    if min(steps) == max(steps):
+      return [r[0] for r in restored], [r[1] for r in restored]
+    restored = [restore(i, min(steps)) if step > min(steps) else restored[i]
+                for i, step in enumerate(steps)]
+
+
+def run_generations_together(
+    configs: list[Any], index: int, teachers: list[Generation | None],
+    data: train.DeviceData, mesh, seed_mesh, gen_dirs: list[epath.Path],
+    trainers: dict, on_epoch: list[Callable[[dict[str, Any]], None] | None],
+    run_config: dict[str, Any] | None,
+    chain_clock: list[Callable[..., float | None] | None], *,
+    labels_only: bool = False) -> list[Generation]:
+  """`run_generation` of several seeds in one compiled program.
+
+  One config (its seed), teacher, folder, `on_epoch` and `chain_clock` a
+  seed. The seeds' states are stacked on `seed_mesh`
+  (`train.SeedGroupTrainer`); each seed's keys, checkpoints, result.json
+  and epoch records are those of the seed run alone. One teacher object
+  for every seed (seed_scope="students") is broadcast, not stacked.
+  """
+  config = configs[0]
+  seeds = [c.seed for c in configs]
+  share = index > 0 and config.share_stem_classifier
+  sources = [None if labels_only else t for t in teachers]
+  shared = sources[0] is not None and all(s is sources[0] for s in sources)
+  what = BASELINE if labels_only else f"Generation {index}"
+  trainer = _trainer(trainers, config, model_name(config, index),
+                     sources[0].module if sources[0] else None, share, data,
+                     mesh, generation=index)
+  key = (id(trainer), len(seeds), shared)  # The group's compiled steps.
+  if key not in trainers:
+    trainers[key] = train.SeedGroupTrainer(trainer, seed_mesh, shared)
+  group = trainers[key]
+  stream = _BASELINE_STREAM if labels_only else index
+  init_rngs, train_rngs = zip(*[
+      jax.random.split(jax.random.fold_in(jax.random.key(seed), stream))
+      for seed in seeds])
+  ckpts = [checkpoints.GenerationCheckpoints(
+      gen_dir / "checkpoints",
+      config=config.to_dict() if run_config is None else run_config)
+           for gen_dir in gen_dirs]
+  fit_name = BASELINE.lower() if labels_only else index
+  try:
+    states, progresses = _restore_together(
+        trainer, what, teachers, share, init_rngs, ckpts, gen_dirs, seeds)
+    if int(parallel.fetch(states[0].step)) < trainer.total_steps:
+      _stop_if_requested(what)
+      teacher_vars = (None if sources[0] is None else
+                      sources[0].variables if shared else
+                      [s.variables for s in sources])
+      stacked = train.fit_together(
+          group, group.stack(states), teacher_vars, data, list(train_rngs),
+          ckpts, progresses, seeds=seeds, generation=fit_name,
+          teacher_test_logits=[s.test_logits if s else None
+                               for s in sources],
+          on_epoch=[_each(_log_epoch(f"{fit_name} seed {seed}",
+                                     config.num_epochs), callback)
+                    for seed, callback in zip(seeds, on_epoch)],
+          chain_clock=chain_clock)
+      states = [group.unstack(stacked, i) for i in range(len(seeds))]
+      del stacked
+  finally:
+    # Whatever stops the run, the checkpoints being written are finished.
+    for ckpt in ckpts:
+      ckpt.close()
+  return [_record_result(c, index, trainer, state, source, data, progress,
+                         gen_dir, labels_only)
+          for c, state, source, progress, gen_dir in zip(
+              configs, states, sources, progresses, gen_dirs)]
 
 
 def ensembles(config, generations: list[Generation],
@@ -413,57 +511,98 @@ def _check_teacher(seed_dir: epath.Path, teacher_ref: str) -> None:
         path, json.dumps({"teacher": teacher_ref}, indent=2) + "\n")
 
 
+def _train_or_load(configs: list[Any], index: int,
+                   previous: list[Generation | None], folder: str, data,
+                   mesh, seed_mesh, workdir: epath.Path, trainers: dict,
+                   run_config: dict[str, Any] | None,
+                   clock: progress.ChainClock | None,
+                   labels_only: bool = False) -> list[Generation]:
+  """Network `folder` of each seed of `configs`: alone (one seed) or side
+  by side (`run_generations_together`), with its TensorBoard run and its
+  place in the run's clock."""
+  seeds = [c.seed for c in configs]
+  writers = [metrics_writer.create(
+      workdir / "tensorboard" / f"seed_{seed}" / folder) for seed in seeds]
+  keys = [(seed, folder) for seed in seeds]
+  callbacks = [metrics_writer.epoch_callback(w) for w in writers]
+  clocks = [None if clock is None else functools.partial(clock.epoch, key)
+            for key in keys]
+  gen_dirs = [workdir / f"seed_{seed}" / folder for seed in seeds]
+  try:
+    if len(configs) == 1:
+      return [run_generation(
+          configs[0], index, previous[0], data, mesh, gen_dirs[0], trainers,
+          on_epoch=callbacks[0], run_config=run_config,
+          chain_clock=clocks[0], labels_only=labels_only)]
+    return run_generations_together(
+        configs, index, previous, data, mesh, seed_mesh, gen_dirs, trainers,
+        callbacks, run_config, clocks, labels_only=labels_only)
+  finally:
+    for writer in writers:
+      writer.close()
+    if clock is not None:
+      for key in keys:
+        clock.done(key)
+
+
+def run_chains(configs: list[Any], data: train.DeviceData, mesh,
+               workdir: epath.Path, trainers: dict,
+               run_config: dict[str, Any] | None = None,
+               teacher: Generation | None = None,
+               clock: progress.ChainClock | None = None
+               ) -> list[tuple[list[Generation], Generation | None]]:
+  """Generations 0..G of each seed of `configs` (one config a seed, its
+  `seed` set), trained or loaded, and its Baseline
+  (config.student_baseline; else None), trained after generation 0.
+
+  Several seeds advance together, one generation at a time, each
+  generation of all of them in one compiled program
+  (config.parallel_seeds; `run_generations_together`); one seed trains
+  alone, as it always did.
+
+  `teacher`: generation 0 of another seed, trained once for all seeds
+  (config.seed_scope="students"); these seeds' students learn from it, and
+  it is returned as each seed's generation 0. `run_config`: the run's
+  config as config.json has it, saved with every checkpoint. `clock`: the
+  run's time left, keyed by (seed, folder) (`chain_plan`).
+
+  TensorBoard scalars of generation g go to
+  `<workdir>/tensorboard/seed_<s>/gen_<g>` (process 0 only).
+  """
+  seed_mesh = (parallel.make_seed_mesh(len(configs), mesh.devices.flat)
+               if len(configs) > 1 else None)
+  for config in configs:
+    teacher_seed = teacher.seed if teacher else config.seed
+    _check_teacher(workdir / f"seed_{config.seed}",
+                   f"seed_{teacher_seed}/gen_0")
+  chains: list[list[Generation]] = [[teacher] if teacher else []
+                                    for _ in configs]
+  baselines = [None] * len(configs)
+
+  def train_or_load(index, previous, folder, labels_only=False):
+    return _train_or_load(configs, index, previous, folder, data, mesh,
+                          seed_mesh, workdir, trainers, run_config, clock,
+                          labels_only)
+
+  for index in range(len(chains[0]), configs[0].num_generations + 1):
+    if index == 1 and configs[0].student_baseline:
+      baselines = train_or_load(1, [chain[0] for chain in chains],
+                                BASELINE.lower(), labels_only=True)
+    trained = train_or_load(index, [chain[-1] if chain else None
+                                    for chain in chains], f"gen_{index}")
+    for chain, generation in zip(chains, trained):
+      chain.append(generation)
+  return list(zip(chains, baselines))
+
+
 def run_chain(config, data: train.DeviceData, mesh, workdir: epath.Path,
               trainers: dict, run_config: dict[str, Any] | None = None,
               teacher: Generation | None = None,
               clock: progress.ChainClock | None = None
               ) -> tuple[list[Generation], Generation | None]:
-  """Generations 0..G of one seed (config.seed), trained or loaded, and the
-  Baseline (config.student_baseline; else None), trained after generation 0.
-
-  `teacher`: generation 0 of another seed, trained once for all seeds
-  (config.seed_scope="students"); this seed's students learn from it, and
-  it is returned as this seed's generation 0. Each checkpoint carries
-  `run_config`, the run's config as config.json has it. `clock` estimates
-  the time left in the whole run.
-
-  `run_config`: the run's config, saved with every checkpoint. `clock`:
-  the run's time left, keyed by (seed, generation) (`chain_plan`).
-
-  TensorBoard scalars of generation g go to
-  `<workdir>/tensorboard/seed_<s>/gen_<g>` (process 0 only).
-  """
-  seed_dir = workdir / f"seed_{config.seed}"
-  board_dir = workdir / "tensorboard" / f"seed_{config.seed}"
-
-  def train_or_load(index, previous, folder, labels_only=False):
-    writer = metrics_writer.create(board_dir / folder)
-    key = (config.seed, folder)
-    try:
-      return run_generation(
-          config, index, previous, data, mesh, seed_dir / folder, trainers,
-          on_epoch=metrics_writer.epoch_callback(writer),
-          run_config=run_config,
-          chain_clock=(None if clock is None
-                       else functools.partial(clock.epoch, key)),
-          labels_only=labels_only)
-    finally:
-      writer.close()
-      if clock is not None:
-        clock.done(key)
-
-  teacher_seed = teacher.seed if teacher else config.seed
-  _check_teacher(seed_dir, f"seed_{teacher_seed}/gen_0")
-  generations: list[Generation] = [teacher] if teacher else []
-  baseline = None
-  for index in range(len(generations), config.num_generations + 1):
-    if index == 1 and config.student_baseline:
-      baseline = train_or_load(1, generations[0], BASELINE.lower(),
-                               labels_only=True)
-    generations.append(
-        train_or_load(index, generations[-1] if generations else None,
-                      f"gen_{index}"))
-  return generations, baseline
+  """`run_chains` of one seed (config.seed): (generations, Baseline)."""
+  return run_chains([config], data, mesh, workdir, trainers, run_config,
+                    teacher, clock)[0]
 
 
 def chain_plan(config, num_train: int, workdir: epath.Path
@@ -556,6 +695,29 @@ def _unusable(workdir: epath.Path, error: OSError) -> errors.ConfigError:
       "(it is made if missing).")
 
 
+def seed_groups(seeds: list[int], parallel_seeds: int) -> list[list[int]]:
+  """The seeds in the order they run, `parallel_seeds` at a time (the last
+  group may be smaller)."""
+  return [seeds[i:i + parallel_seeds]
+          for i in range(0, len(seeds), parallel_seeds)]
+
+
+def _seed_results(config, generations: list[Generation],
+                  baseline: Generation | None, data: train.DeviceData
+                  ) -> dict[str, Any]:
+  """results.json's entry of one seed (`per_seed`)."""
+  chain = {"seed": config.seed,
+           "generations": [g.result for g in generations]}
+  if config.seed_scope == "students":
+    # Which seed's chain trained this seed's teacher.
+    chain["generations"][0] = {**generations[0].result,
+                               "seed": generations[0].seed}
+  if baseline is not None:
+    chain["baseline"] = baseline.result
+  chain["ensembles"] = ensembles(config, generations, data.test_labels)
+  return chain
+
+
 def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
   """`run`, in a workdir this run holds."""
   try:
@@ -574,27 +736,28 @@ def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
   seed_scope = config.seed_scope
   shared_teacher = None  # seed_scope="students": the first seed's teacher.
   clock = progress.ChainClock(chain_plan(config, data.num_train, workdir))
-  for i, seed in enumerate(run_seeds):
-    if len(run_seeds) > 1:
-      logging.info("Seed %d (%d of %d).", seed, i + 1, len(run_seeds))
-    seed_config = _config_for_seed(config, seed)
-    generations, baseline = run_chain(seed_config, data, mesh, workdir,
-                                      trainers, run_config=config.to_dict(),
-                                      teacher=shared_teacher, clock=clock)
-    if seed_scope == "students" and shared_teacher is None:
-      shared_teacher = generations[0]
-    chain = {"seed": seed,
-             "generations": [g.result for g in generations]}
-    if seed_scope == "students":
-      # Which seed's chain trained this seed's teacher.
-      chain["generations"][0] = {**generations[0].result,
-                                 "seed": generations[0].seed}
-    if baseline is not None:
-      chain["baseline"] = baseline.result
-    chain["ensembles"] = ensembles(seed_config, generations,
-                                   data.test_labels)
-    per_seed.append(chain)
-    del generations, baseline  # Frees the devices of this seed's networks.
+  groups = seed_groups(run_seeds, config.parallel_seeds)
+  for group in groups:
+    if len(groups) > 1:
+      logging.info("Seed%s %s (%d of %d).", "s" if len(group) > 1 else "",
+                   ", ".join(map(str, group)), run_seeds.index(group[0]) + 1,
+                   len(run_seeds))
+    group_configs = [_config_for_seed(config, seed) for seed in group]
+    if (seed_scope == "students" and shared_teacher is None
+        and len(group) > 1):
+      # The first seed's teacher trains alone before it teaches its group.
+      shared_teacher = _train_or_load(
+          group_configs[:1], 0, [None], "gen_0", data, mesh, None, workdir,
+          trainers, config.to_dict(), clock)[0]
+    chains = run_chains(group_configs, data, mesh, workdir, trainers,
+                        run_config=config.to_dict(), teacher=shared_teacher,
+                        clock=clock)
+    for seed_config, (generations, baseline) in zip(group_configs, chains):
+      if seed_scope == "students" and shared_teacher is None:
+        shared_teacher = generations[0]
+      per_seed.append(_seed_results(seed_config, generations, baseline,
+                                    data))
+    del chains  # Frees the devices of these seeds' networks.
   results = {
       "dataset": dataset.name,
       "loss": config.distill.loss,

@@ -13,6 +13,7 @@ host and device inside an epoch: `run_epoch` runs one, for `fit` and for
 the benchmark (`python -m ban_jax.tools.bench`) alike.
 """
 
+import copy
 import dataclasses
 import functools
 import time
@@ -32,6 +33,7 @@ from ban_jax import losses
 from ban_jax import progress as progress_lib
 from ban_jax.data import augment
 from ban_jax.data import Dataset
+from ban_jax.errors import ConfigError
 from ban_jax.errors import NonFiniteLossError
 from ban_jax.models import common
 from ban_jax.runtime import compilation
@@ -278,6 +280,35 @@ def input_batch(train_images: jax.Array, train_labels: jax.Array,
   return images, labels, rest_rng
 
 
+def steps_program(one_step: Callable[..., Any], num_steps: int
+                  ) -> Callable[..., Any]:
+  """`num_steps` calls of `one_step(state, *args) -> (state, metrics)` as
+  one function (to jit) returning the last state and the summed metrics."""
+
+  def run(state, *args):
+    def body(state, _):
+      return one_step(state, *args)
+
+    if num_steps == 1:
+      # Straight-line code: a one-trip loop only adds copies of the
+      # carried state (docs/performance.md).
+      return body(state, None)
+    if jax.default_backend() != "cpu":
+      state, metrics = jax.lax.scan(body, state, None, length=num_steps)
+      return state, jax.tree.map(lambda m: jnp.sum(m, 0), metrics)
+    # XLA:CPU runs convolutions inside a while loop (any scan, even an
+    # unrolled one) 10-20x slower than straight-line code, measured on
+    # the digits WRN; so on CPU the steps are unrolled in Python.
+    sums = None
+    for _ in range(num_steps):
+      state, metrics = body(state, None)
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums,
+                                                       metrics)
+    return state, sums
+
+  return run
+
+
 class GenerationTrainer:
   """The compiled functions of one generation (a student, maybe a teacher)."""
 
@@ -292,8 +323,8 @@ class GenerationTrainer:
     self.steps_per_epoch = data.num_train // self.batch_size
     # validation checks both against the devices and the loaded split, with
     # the user's messages; these guard callers that skipped it.
-    assert self.batch_size % mesh.devices.size == 0, (self.batch_size,
-                                                      mesh.devices.size)
+    assert self.batch_size % parallel.data_shards(mesh) == 0, (
+        self.batch_size, parallel.data_shards(mesh))
     assert self.steps_per_epoch >= 1, (self.batch_size, data.num_train)
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.tx = make_optimizer(config.optim, self.steps_per_epoch, frozen)
@@ -305,6 +336,20 @@ class GenerationTrainer:
     self._replicated = parallel.replicated(mesh)
     self._batch = parallel.batch_sharded(mesh)
     self._train_steps = {}
+
+  def with_mesh(self, mesh: Mesh) -> "GenerationTrainer":
+    """The same generation's functions on another mesh of the same devices.
+
+    The seeds' mesh (`parallel.make_seed_mesh`): `SeedGroupTrainer` vmaps
+    this copy's `_one_step`, whose batch sharding then names that mesh.
+    """
+    other = copy.copy(self)
+    other.mesh = mesh
+    other._replicated = parallel.replicated(mesh)
+    other._batch = parallel.batch_sharded(mesh)
+    other._train_steps = {}
+    other.__dict__.pop("_jitted_init", None)
+    return other
 
   # -- initialisation ------------------------------------------------------
 
@@ -402,6 +447,13 @@ class GenerationTrainer:
                           example_ids=self._batch_indices(state, perm),
                           example_rng=dkpp_example_rng(base_rng))
 
+  @staticmethod
+  def epoch_order(perm_rng: jax.Array, epoch: int, num_examples: int
+                  ) -> jax.Array:
+    """The epoch's permutation of the train split (`run_epoch`'s)."""
+    return epoch_permutation(jax.random.fold_in(perm_rng, epoch),
+                             num_examples)
+
   def train_steps(self, num_steps: int):
     """A compiled function running `num_steps` steps in one call.
 
@@ -411,31 +463,9 @@ class GenerationTrainer:
     donated so its buffers are updated in place.
     """
     if num_steps not in self._train_steps:
-
-      def run(state, teacher_vars, data_images, data_labels, perm, rng):
-        def body(state, _):
-          return self._one_step(state, teacher_vars, data_images,
-                                data_labels, perm, rng)
-
-        if num_steps == 1:
-          # Straight-line code: a one-trip loop only adds copies of the
-          # carried state (docs/performance.md).
-          return body(state, None)
-        if jax.default_backend() != "cpu":
-          state, metrics = jax.lax.scan(body, state, None, length=num_steps)
-          return state, jax.tree.map(lambda m: jnp.sum(m, 0), metrics)
-        # XLA:CPU runs convolutions inside a while loop (any scan, even an
-        # unrolled one) 10-20x slower than straight-line code, measured on
-        # the digits WRN; so on CPU the steps are unrolled in Python.
-        sums = None
-        for _ in range(num_steps):
-          state, metrics = body(state, None)
-          sums = metrics if sums is None else jax.tree.map(jnp.add, sums,
-                                                           metrics)
-        return state, sums
-
       self._train_steps[num_steps] = jax.jit(
-          run, donate_argnums=(0,), out_shardings=self._replicated,
+          steps_program(self._one_step, num_steps), donate_argnums=(0,),
+          out_shardings=self._replicated,
           compiler_options=compilation.xla_compiler_options(
               self.config.xla_options) or None)
     return self._train_steps[num_steps]
@@ -466,16 +496,31 @@ def _predict(module, eval_batch_size, mean, std, batch_sharding, variables,
 # ------------------------------------------------------------ epoch loop
 
 
-def _host_sums(sums) -> dict[str, float]:
-  return {k: float(v) for k, v in parallel.fetch(sums).items()}
+def _host_sums(sums) -> dict[str, Any]:
+  """Summed metrics on the host: floats, or lists of one float a seed
+  (`SeedGroupTrainer`); JSON either way, for the checkpoint's progress."""
+  return {k: np.asarray(v).tolist() for k, v in parallel.fetch(sums).items()}
 
 
-def _check_finite(sums: dict[str, float], generation: int, steps: str,
+def _check_finite(sums: dict[str, Any], generation: int | str, steps: str,
                   ckpt) -> None:
-  if not np.isfinite(sums.get("loss", 0.0)):
-    raise NonFiniteLossError(
-        f"Non-finite training loss in generation {generation} at steps "
-        f"{steps}. {ckpt.last_good_message()}")
+  """Raises NonFiniteLossError if the summed loss is NaN or infinite.
+
+  Seeds side by side have a loss each, and `ckpt` (`SeedCheckpoints`)
+  names their seeds: the message says which seeds failed.
+  """
+  loss = np.asarray(sums.get("loss", 0.0))
+  failed = np.flatnonzero(~np.isfinite(loss.reshape(-1)))
+  if not failed.size:
+    return
+  where = ""
+  if loss.ndim:
+    seeds = [ckpt.seeds[i] for i in failed]
+    where = (f" of seed {seeds[0]}" if len(seeds) == 1 else
+             f" of seeds {', '.join(map(str, seeds))}")
+  raise NonFiniteLossError(
+      f"Non-finite training loss{where} in generation {generation} at steps "
+      f"{steps}. {ckpt.last_good_message()}")
 
 
 def evaluate(data: DeviceData, logits: np.ndarray,
@@ -556,9 +601,8 @@ def run_epoch(trainer: GenerationTrainer, state: TrainState,
   """
   config = trainer.config
   train_steps = train_steps or trainer.train_steps
-  perm = epoch_permutation(
-      jax.random.fold_in(perm_rng, step // trainer.steps_per_epoch),
-      data.num_train)
+  perm = trainer.epoch_order(perm_rng, step // trainer.steps_per_epoch,
+                             data.num_train)
   for n in epoch_calls(step, trainer.steps_per_epoch, config.steps_per_call,
                        config.checkpoint_every_steps):
     state, metrics = train_steps(n)(
@@ -677,21 +721,16 @@ def fit(trainer: GenerationTrainer, state: TrainState,
   epoch's record keeps as `chain_seconds_left` (`progress.ChainClock`).
   """
   perm_rng, step_rng = jax.random.split(rng)
-  spe, total = trainer.steps_per_epoch, trainer.total_steps
+  total = trainer.total_steps
   step = int(parallel.fetch(state.step))
   teacher_vars = trainer.prepare_teacher(teacher_vars)
   history = progress.setdefault("history", [])
   fit_start = step
   while step < total:
-    first_step, start = step, time.perf_counter()
-    saves = _MidEpochSaves(trainer, ckpt, progress, generation, first_step)
-    state, sums = run_epoch(trainer, state, teacher_vars, data, perm_rng,
-                            step_rng, step, sums=_partial_sums(progress),
-                            after_call=_with_bar(saves, generation, spe,
-                                                 step))
-    seconds = time.perf_counter() - start
-    step = (step // spe + 1) * spe
-    _check_finite(sums, generation, f"{first_step}-{step}", ckpt)
+    first_step = step
+    state, sums, step, seconds, stop = _one_epoch(
+        trainer, state, teacher_vars, data, perm_rng, step_rng, step, ckpt,
+        progress, generation)
     record = _epoch_record(trainer, state, data, sums, first_step, step,
                            seconds, teacher_test_logits)
     if chain_clock is not None:
@@ -704,10 +743,33 @@ def fit(trainer: GenerationTrainer, state: TrainState,
     ckpt.save(step, state, progress)
     if on_epoch is not None:
       on_epoch(record)
-    if saves.stop and step < total:
-      _stop(saves.stop, generation, step, ckpt)
+    if stop and step < total:
+      _stop(stop, generation, step, ckpt)
   ckpt.wait()
   return state, progress
+
+
+def _one_epoch(trainer, state: TrainState, teacher_vars, data: DeviceData,
+               perm_rng: jax.Array, step_rng: jax.Array, step: int, ckpt,
+               progress: dict[str, Any], generation: int | str
+               ) -> tuple[TrainState, dict[str, Any], int, float, str | None]:
+  """`fit`'s epoch from `step` (`fit_together`'s too): `run_epoch` with the
+  mid-epoch saves and a progress bar, then the loss checked.
+
+  Returns:
+    (the state at the epoch's end, its host sums, its end step, its
+    seconds, the stop request that arrived during it or None).
+  """
+  first_step, start = step, time.perf_counter()
+  spe = trainer.steps_per_epoch
+  saves = _MidEpochSaves(trainer, ckpt, progress, generation, first_step)
+  state, sums = run_epoch(trainer, state, teacher_vars, data, perm_rng,
+                          step_rng, step, sums=_partial_sums(progress),
+                          after_call=_with_bar(saves, generation, spe, step))
+  seconds = time.perf_counter() - start
+  step = (step // spe + 1) * spe
+  _check_finite(sums, generation, f"{first_step}-{step}", ckpt)
+  return state, sums, step, seconds, saves.stop
 
 
 def _stop(reason: str, generation: int, step: int, ckpt) -> None:
@@ -716,3 +778,235 @@ def _stop(reason: str, generation: int, step: int, ckpt) -> None:
       f"Stopped by {reason} in generation {generation} at step {step}, "
       f"checkpointed in {ckpt.directory}/{step}. Rerun the same command to "
       "continue from there.", reason)
+
+
+# ------------------------------------------------------- seeds side by side
+
+
+class SeedGroupTrainer:
+  """One generation of several seeds, trained in one compiled program.
+
+  The seeds' train states are stacked on a leading axis and sharded over
+  the `seed` axis of the seeds' mesh (`parallel.make_seed_mesh`). A
+  compiled call is `steps_program` over `jax.vmap` of the one-seed step
+  (`GenerationTrainer._one_step`, unchanged), so each seed gets its own
+  batch order, crops, dropout and batch-norm statistics from the keys it
+  has alone. `alone` is that one-seed trainer on the run's plain mesh: the
+  seeds are initialised, evaluated and checkpointed with it, one at a time,
+  so each seed's checkpoints are those of the seed run alone.
+
+  `shared_teacher`: one teacher for every seed (seed_scope="students"),
+  passed unstacked and broadcast by the vmap; else one a seed, stacked.
+  """
+
+  def __init__(self, alone: GenerationTrainer, seed_mesh: Mesh,
+               shared_teacher: bool = False):
+    self.alone = alone
+    self.config = alone.config
+    self.mesh = seed_mesh
+    self.batch_size = alone.batch_size
+    self.steps_per_epoch = alone.steps_per_epoch
+    self.total_steps = alone.total_steps
+    self.shared_teacher = shared_teacher
+    self._per_seed = alone.with_mesh(seed_mesh)
+    self._stacked = parallel.seed_sharded(seed_mesh)
+    self._one_copy = parallel.replicated(alone.mesh)
+    self._train_steps = {}
+
+  def stack(self, trees: list[Any]) -> Any:
+    """One tree a seed (states, variables, keys) -> stacked, seed-sharded."""
+    return jax.tree.map(
+        lambda *xs: jax.device_put(jnp.stack(xs), self._stacked), *trees)
+
+  def unstack(self, tree: Any, index: int) -> Any:
+    """Seed `index`'s part of a stacked tree, placed as `alone` places it."""
+    # Leaf by leaf: small programs, shared by every leaf of a shape (one
+    # jit of the whole tree took 10 s to compile on a CPU, measured).
+    return jax.tree.map(lambda x: jax.device_put(x[index], self._one_copy),
+                        tree)
+
+  def put_data(self, data: DeviceData) -> DeviceData:
+    """The train split on the seeds' mesh (replicated, as on the plain one:
+    the same device buffers where JAX can share them)."""
+    replicated = parallel.replicated(self.mesh)
+    return dataclasses.replace(
+        data, train_images=jax.device_put(data.train_images, replicated),
+        train_labels=jax.device_put(data.train_labels, replicated))
+
+  def prepare_teacher(self, variables) -> Variables | None:
+    """`alone.prepare_teacher` of the shared teacher (on the seeds' mesh),
+    or of each seed's (a list), stacked; None: labels only."""
+    if variables is None or self.alone.teacher is None:
+      return None
+    if self.shared_teacher:
+      return jax.device_put(self.alone.prepare_teacher(variables),
+                            parallel.replicated(self.mesh))
+    return self.stack([self.alone.prepare_teacher(v) for v in variables])
+
+  def epoch_order(self, perm_rng: jax.Array, epoch: int, num_examples: int
+                  ) -> jax.Array:
+    """Each seed's permutation of the epoch (`perm_rng`: one key a seed)."""
+    perms = jax.vmap(lambda rng: GenerationTrainer.epoch_order(
+        rng, epoch, num_examples))(perm_rng)
+    return jax.device_put(perms, self._stacked)
+
+  def train_steps(self, num_steps: int):
+    """`GenerationTrainer.train_steps` of every seed at once: the same
+    signature, with a stacked state, teacher (unless shared), permutation
+    and key, and summed metrics of one value a seed."""
+    if num_steps not in self._train_steps:
+      # spmd_axis_name: the batch's sharding constraint inside the step
+      # gains the seed axis, so a seed's batch stays on its seed's devices.
+      one_step = jax.vmap(
+          self._per_seed._one_step,  # pylint: disable=protected-access
+          in_axes=(0, None if self.shared_teacher else 0, None, None, 0, 0),
+          spmd_axis_name=parallel.SEED_AXIS)
+      self._train_steps[num_steps] = jax.jit(
+          steps_program(one_step, num_steps), donate_argnums=(0,),
+          out_shardings=self._stacked,
+          compiler_options=compilation.xla_compiler_options(
+              self.config.xla_options) or None)
+    return self._train_steps[num_steps]
+
+
+  def check_fits(self, state: TrainState, teacher_vars, data: DeviceData,
+                 perm: jax.Array, rng: jax.Array, num_steps: int) -> None:
+    """Refuses seeds side by side that would not fit in a device's memory.
+
+    XLA's account of the compiled call (arguments, outputs and
+    temporaries, less the donated state) against the device's memory
+    limit; all of it but the train split grows with the seeds a device
+    holds, which gives the most seeds that fit. Skipped where the backend
+    has no memory limit (CPU). The compiled program is the one training
+    then runs (JAX keeps it).
+
+    Raises:
+      ConfigError: it does not fit; the message names the most that do.
+    """
+    limit = parallel.device_memory_limit(self.mesh)
+    if not limit:
+      return
+    analysis = self.train_steps(num_steps).lower(
+        state, teacher_vars, data.train_images, data.train_labels, perm,
+        rng).compile().memory_analysis()
+    if analysis is None:
+      return
+    need = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    if need <= limit:
+      return
+    num_seeds = state.step.shape[0]
+    seed_shards = self.mesh.shape[parallel.SEED_AXIS]
+    fixed = data.train_images.nbytes + data.train_labels.nbytes
+    per_seed = max(need - fixed, 1) / (num_seeds // seed_shards)
+    fits = max(int((limit - fixed) // per_seed), 0) * seed_shards
+    gib = 2**30
+    advice = (f"use config.parallel_seeds={fits} or fewer" if fits > 1 else
+              "train the seeds one at a time (config.parallel_seeds=1)")
+    raise ConfigError(
+        f"{num_seeds} seeds side by side need about {need / gib:.1f} GiB on "
+        f"each device, more than its {limit / gib:.1f} GiB: {advice}.")
+
+
+class SeedCheckpoints:
+  """The checkpoints of seeds side by side, as `fit` uses one generation's.
+
+  `save` unstacks the state and saves each seed's part in that seed's own
+  checkpoints with that seed's progress (its share of the epoch's partial
+  sums), as the seed run alone saves them. `directory` names them all in
+  messages, with brace notation: `.../seed_{0,1,2}/gen_1/checkpoints`.
+  """
+
+  def __init__(self, group: SeedGroupTrainer, ckpts: list[Any],
+               progresses: list[dict[str, Any]], seeds: list[int]):
+    self.group, self.ckpts, self.progresses = group, ckpts, progresses
+    self.seeds = list(seeds)
+    first = ckpts[0].directory
+    seed_dir = first.parent.parent
+    self.directory = (f"{seed_dir.parent}/seed_{{"
+                      f"{','.join(map(str, self.seeds))}}}/"
+                      f"{first.relative_to(seed_dir)}")
+
+  def save(self, step: int, state: TrainState,
+           progress: dict[str, Any]) -> None:
+    sums = progress.get("epoch_sums") or {}
+    for i, (ckpt, own) in enumerate(zip(self.ckpts, self.progresses)):
+      own["epoch_sums"] = {k: v[i] for k, v in sums.items()}
+      ckpt.save(step, self.group.unstack(state, i), own)
+
+  def last_good_message(self) -> str:
+    # The seeds save the same steps: the first seed's message, naming all.
+    return self.ckpts[0].last_good_message().replace(
+        str(self.ckpts[0].directory), self.directory)
+
+  def wait(self) -> None:
+    for ckpt in self.ckpts:
+      ckpt.wait()
+
+
+def fit_together(group: SeedGroupTrainer, state: TrainState, teacher_vars,
+                 data: DeviceData, rngs: list[jax.Array], ckpts: list[Any],
+                 progresses: list[dict[str, Any]], *, seeds: list[int],
+                 generation: int | str,
+                 teacher_test_logits: list[np.ndarray | None],
+                 on_epoch: list[Callable[[dict[str, Any]], None] | None],
+                 chain_clock: list[Callable[..., float | None] | None]
+                 ) -> TrainState:
+  """`fit` for seeds side by side: trains the stacked `state` to the end.
+
+  Everything `fit` takes for one seed comes as one a seed (`rngs`, `ckpts`,
+  `progresses`, updated in place, `teacher_test_logits`, `on_epoch`,
+  `chain_clock`), except `teacher_vars`: None, one teacher's variables
+  (`group.shared_teacher`) or a list of one a seed. Each seed's epoch
+  records are those the seed alone writes, evaluated one seed at a time;
+  `seconds` is the seed's share of the program's time (results.json's
+  totals then add up to the run's), `images_per_second` one seed's rate.
+  A non-finite loss names its seeds; a stop request checkpoints every
+  seed at the step reached.
+  """
+  keys = jax.vmap(jax.random.split)(group.stack(rngs))
+  perm_rng, step_rng = keys[:, 0], keys[:, 1]
+  total = group.total_steps
+  share = 1 / len(seeds)
+  step = int(parallel.fetch(state.step)[0])  # Every seed's.
+  teacher_vars = group.prepare_teacher(teacher_vars)
+  seed_data = group.put_data(data)
+  if step < total:
+    config = group.config
+    first_call = epoch_calls(step, group.steps_per_epoch,
+                             config.steps_per_call,
+                             config.checkpoint_every_steps)[0]
+    group.check_fits(state, teacher_vars, seed_data,
+                     group.epoch_order(perm_rng, 0, data.num_train),
+                     step_rng, first_call)
+  saved = SeedCheckpoints(group, ckpts, progresses, seeds)
+  partial = [p.get("epoch_sums") or {} for p in progresses]
+  # fit's progress for the stacked run: the epoch's partial sums, a list a
+  # metric (SeedCheckpoints.save hands each seed its own).
+  together = {"epoch_sums": {k: [p[k] for p in partial] for k in partial[0]}}
+  fit_start = step
+  while step < total:
+    first_step = step
+    state, sums, step, seconds, stop = _one_epoch(
+        group, state, teacher_vars, seed_data, perm_rng, step_rng, step,
+        saved, together, generation)
+    for i, progress in enumerate(progresses):
+      seed_state = group.unstack(state, i)
+      record = _epoch_record(group.alone, seed_state, data,
+                             {k: v[i] for k, v in sums.items()}, first_step,
+                             step, seconds, teacher_test_logits[i])
+      record["seconds"] = seconds * share
+      if chain_clock[i] is not None:
+        record["chain_seconds_left"] = chain_clock[i](
+            step - first_step, seconds * share, total - step,
+            compiled=first_step == fit_start)
+      progress.setdefault("history", []).append(record)
+      progress["epoch_sums"] = {}
+      ckpts[i].save(step, seed_state, progress)
+      if on_epoch[i] is not None:
+        on_epoch[i](record)
+    together["epoch_sums"] = {}
+    if stop and step < total:
+      _stop(stop, generation, step, saved)
+  saved.wait()
+  return state

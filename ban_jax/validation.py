@@ -183,6 +183,23 @@ def _seeds(config) -> None:
                       "seed runs (and is stored) once.")
 
 
+def _parallel_seeds(config) -> None:
+  """At most as many seeds side by side as run, and on one process."""
+  seeds = config_schema.seed_list(config)
+  if config.parallel_seeds > len(seeds):
+    raise ConfigError(
+        f"config.parallel_seeds={config.parallel_seeds} is more than the "
+        f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} that run "
+        f"(config.seeds={tuple(config.seeds)}); use at most {len(seeds)}.")
+  if config.parallel_seeds > 1 and jax.process_count() > 1:
+    # The seeds' mesh reads each seed's batches from a train split held
+    # whole on every device; a multi-host run holds a block a host.
+    raise ConfigError(
+        f"config.parallel_seeds={config.parallel_seeds} runs on one process "
+        f"for now, not {jax.process_count()}; use parallel_seeds=1 on "
+        "several hosts.")
+
+
 def _ensembles(config) -> None:
   for size in config.ensemble_sizes:
     # A float (2.0) would pass the range check and fail only once the whole
@@ -324,6 +341,7 @@ _CHECKS = (
     (("paper_row",), ("data.name", "model.name", "student_model",
                       "distill.loss", "share_stem_classifier"), _paper_row),
     (("seeds",), ("seed",), _seeds),
+    (("parallel_seeds",), ("seeds", "seed"), _parallel_seeds),
     (("ensemble_sizes",), ("num_generations",), _ensembles),
     (("batch_size",), (), _divisible_by_devices("batch_size")),
     (("eval_batch_size",), (), _divisible_by_devices("eval_batch_size")),

@@ -35,6 +35,9 @@ RERUN_SAFE_FIELDS = (
     # The Baseline has its own folder and random stream: adding it to a
     # finished workdir changes no generation.
     "student_baseline",
+    # Each seed's numbers are those it has alone (to float rounding) and its
+    # checkpoints the same files, so the seeds may go on in other groups.
+    "parallel_seeds",
 )
 
 
@@ -48,6 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seeds = ()
   # chain: each seed trains its teacher; students: the first seed's teaches all.
   config.seed_scope = "chain"
+  # Seeds trained side by side in one compiled program (1: one at a time).
+  config.parallel_seeds = 1
   # Born-again generations after the teacher (generation 0).
   config.num_generations = 3
   # Ens*k sizes to report; empty means every k in 2..num_generations.

@@ -6,9 +6,10 @@
 #
 #   bash launch/bench_gpu.sh            # the table against the peer
 #   PART=2 bash launch/bench_gpu.sh     # the scanned DenseNets
+#   PART=3 bash launch/bench_gpu.sh     # seeds side by side
 #
 # Writes $OUT/env.txt, peer.jsonl, ours.jsonl (JSON lines) and table.md;
-# OUT is bench_out by default, bench_out_part2 for PART=2.
+# OUT is bench_out by default, bench_out_part<N> for PART=N.
 # Every stage has a time limit, so one slow stage costs only its own rows;
 # the exit code is 1 if any stage failed or ran out of time (named at the
 # end), 0 if all went through. Everything runs at batch 128 (the peer's
@@ -22,6 +23,15 @@
 # PART=2's to 225 s.
 # To fit, the DenseNets of ban_jax run the `+aug` step alone (one compile
 # per batch; the epoch mode would add one for its last short call at 64).
+#
+# PART=3, a third call, runs seeds side by side
+# (config.parallel_seeds; README, "Seeds side by side"): for each model of
+# SEED_MODELS (default resnet20 wrn16_2 wrn28_1 wrn28_10) at batch 128, the
+# `+aug` step with SEED_COUNTS seeds in one program (default 1 4 8), one
+# process each: 12 stages, whose limits add up to 525 s. UNMEASURED on a
+# GPU so far: the limits (35 s a small model, 60-80 s for WRN-28-10) are
+# guesses from the compile times above. ours.jsonl then holds rows with
+# `seeds`, `img_per_s` (all seeds) and `img_per_s_per_seed`.
 # Wheels in .whl/ (ml_collections, where the image lacks it) are installed
 # into /tmp/site first. For a dry run on a CPU, shrink everything:
 #   MODELS="wrn10_1 resnet20:16,8" PEER_EAGER=resnet18 PEER_COMPILE= \
@@ -46,8 +56,9 @@ case $PART in
   2) DEFAULT_MODELS="densenet100_12:128:step+aug:--layers_per_scan=8
        densenet112_33:128:step+aug:--layers_per_scan=8"
      DEFAULT_PEER_EAGER='' DEFAULT_PEER_COMPILE='';;
-  *) echo "PART=$PART: use 1 (the table against the peer) or 2 (scanned" \
-       "DenseNets)." >&2; exit 2;;
+  3) DEFAULT_MODELS='' DEFAULT_PEER_EAGER='' DEFAULT_PEER_COMPILE='';;
+  *) echo "PART=$PART: use 1 (the table against the peer), 2 (scanned" \
+       "DenseNets) or 3 (seeds side by side)." >&2; exit 2;;
 esac
 MODELS=${MODELS:-$DEFAULT_MODELS}
 # The peer's best mode per model (../shared/bench/README.md): eager fp32
@@ -56,6 +67,8 @@ MODELS=${MODELS:-$DEFAULT_MODELS}
 PEER_EAGER=${PEER_EAGER-$DEFAULT_PEER_EAGER}
 PEER_COMPILE=${PEER_COMPILE-$DEFAULT_PEER_COMPILE}
 BENCH_ARGS=${BENCH_ARGS:-}
+SEED_MODELS=${SEED_MODELS:-resnet20 wrn16_2 wrn28_1 wrn28_10}
+SEED_COUNTS=${SEED_COUNTS:-1 4 8}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
@@ -85,6 +98,8 @@ limit() {
     peer:*densenet_bc112_33*) echo 60;; peer:*densenet_bc100*) echo 100;;
     compile:*) echo 110;;
     ours:*densenet112_33*) echo 110;; ours:*densenet100_12*) echo 115;;
+    seeds:wrn28_10:1) echo 60;; seeds:wrn28_10:4) echo 70;;
+    seeds:wrn28_10:*) echo 80;; seeds:*) echo 35;;
     *) echo 70;;
   esac
 }
@@ -119,6 +134,18 @@ for word in $MODELS; do
     "${args[@]}" $BENCH_ARGS >> "$OUT/ours.log" 2>&1
   check "ban_jax $models at ${batches:-128}"
 done
+if ((PART == 3)); then
+  for model in $SEED_MODELS; do
+    for seeds in $SEED_COUNTS; do
+      stage "ban_jax: $model at 128, $seeds seed(s) side by side"
+      # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags.
+      timeout "$(limit seeds "$model:$seeds")" python3 -m ban_jax.tools.bench \
+        --models="$model" --batch_sizes=128 --modes=step+aug \
+        --seeds="$seeds" $BENCH_ARGS >> "$OUT/ours.log" 2>&1
+      check "ban_jax $model with $seeds seed(s)"
+    done
+  done
+fi
 grep '^{' "$OUT/ours.log" > "$OUT/ours.jsonl"
 
 python3 - "$OUT" <<'EOF'

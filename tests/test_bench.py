@@ -51,6 +51,26 @@ def test_bench_prints_json_lines_and_a_table(tmp_path, repo_root):
     assert list((tmp_path / name).glob("plugins/profile/*/*.trace.json.gz"))
 
 
+def test_seeds_side_by_side_report_aggregate_and_per_seed_rates(repo_root):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+             "--xla_backend_optimization_level=0")
+  proc = subprocess.run(
+      [sys.executable, "-m", "ban_jax.bench", "--models=wrn10_1",
+       "--batch_sizes=16", "--image_size=8", "--num_examples=48",
+       "--steps_per_call=3", "--modes=epoch", "--seeds=2"],
+      cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+  rows = [json.loads(line) for line in proc.stdout.splitlines()
+          if line.startswith("{")]
+  assert proc.returncode == 0 and len(rows) == 1, proc.stderr[-3000:]
+  row = rows[0]
+  assert row["mode"] == "epoch, 2 seeds" and row["seeds"] == 2
+  # Two seeds' images in the epoch's time: twice one seed's rate.
+  assert row["img_per_s"] == pytest.approx(2 * row["img_per_s_per_seed"],
+                                           abs=0.1)
+  assert "| ban_jax | wrn10_1 | epoch, 2 seeds | 16 |" in proc.stdout
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--models=wrn10_1,nope"], "--models: Unknown model 'nope'"),
     (["--modes=step,bogus"],
@@ -61,6 +81,7 @@ def test_bench_prints_json_lines_and_a_table(tmp_path, repo_root):
      "--batch_sizes='128,0': use positive integers, e.g. 128,256."),
     (["--steps_per_call=-1"], "--steps_per_call=-1 is too small."),
     (["--devices=-1"], "--devices=-1 is too small."),
+    (["--seeds=0"], "--seeds=0 is too small."),
     (["--dtype=fp8"], "--dtype='fp8': use auto, float32, bfloat16, float16."),
     (["--config=configs/nope.py"],
      "--config='configs/nope.py' cannot be loaded: FileNotFoundError"),
@@ -191,6 +212,7 @@ class _Trainer:
 
   batch_size = 16
   steps_per_epoch = 7
+  epoch_order = staticmethod(train.GenerationTrainer.epoch_order)
 
   def __init__(self, clock, calls, steps_per_call):
     self.clock, self.calls, self.compiled = clock, calls, []

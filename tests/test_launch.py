@@ -502,13 +502,19 @@ def test_local_bad_process_count(fakes, nproc):
 # ----------------------------------------------------------- bench_gpu.sh
 
 
-def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
-  out = fakes.tmp / "out"
-  # A `timeout` that notes each stage's limit and runs the stage.
+def _noting_limits(fakes):
+  """A `timeout` that notes each stage's limit in the returned file and
+  runs the stage."""
   limits = fakes.tmp / "limits"
   (fakes.tmp / "bin" / "timeout").write_text(
       f'#!/bin/bash\necho "$1" >> {limits}\nshift\nexec "$@"\n')
   (fakes.tmp / "bin" / "timeout").chmod(0o755)
+  return limits
+
+
+def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
+  out = fakes.tmp / "out"
+  limits = _noting_limits(fakes)
   proc = fakes(["bash", f"{LAUNCH}/bench_gpu.sh"], cwd=fakes.tmp,
                PYTHONPATH=REPO, OUT=str(out),
                BENCH_ARGS="--steps=2  --warmup=1",
@@ -557,9 +563,27 @@ def test_bench_gpu_runs_every_stage_and_reports_failures(fakes):
   assert [int(x) for x in limits.read_text().split()] == [115, 110]
   assert (fakes.tmp / "bench_out_part2" / "table.md").exists()
   bad = fakes(["bash", f"{LAUNCH}/bench_gpu.sh"], cwd=fakes.tmp,
-              PYTHONPATH=REPO, PART="3")
+              PYTHONPATH=REPO, PART="4")
   assert bad.returncode == 2
-  assert "PART=3: use 1 (the table against the peer) or 2" in bad.stderr
+  assert ("PART=4: use 1 (the table against the peer), 2 (scanned "
+          "DenseNets) or 3 (seeds side by side)." in bad.stderr)
+
+
+def test_bench_gpu_times_seeds_side_by_side(fakes):
+  out = fakes.tmp / "out"
+  limits = _noting_limits(fakes)
+  proc = fakes(["bash", f"{LAUNCH}/bench_gpu.sh"], cwd=fakes.tmp,
+               PYTHONPATH=REPO, OUT=str(out), PART="3")
+  assert proc.returncode == 0, proc.stderr
+  bench = ["-m", "ban_jax.tools.bench"]
+  assert _python_argv(proc) == [
+      [*bench, f"--models={model}", "--batch_sizes=128", "--modes=step+aug",
+       f"--seeds={seeds}"]
+      for model in ("resnet20", "wrn16_2", "wrn28_1", "wrn28_10")
+      for seeds in (1, 4, 8)]
+  stage_limits = [int(x) for x in limits.read_text().split()]
+  assert stage_limits == [35] * 9 + [60, 70, 80]
+  assert sum(stage_limits) < 9 * 60
 
 
 # ----------------------------------------------------- the README's commands

@@ -351,6 +351,7 @@ def test_run_epoch_resumes_with_the_partial_sums_and_reports_each_call():
 
   trainer = types.SimpleNamespace(
       steps_per_epoch=7, train_steps=train_steps,
+      epoch_order=train.GenerationTrainer.epoch_order,
       config=types.SimpleNamespace(steps_per_call=2,
                                    checkpoint_every_steps=0))
   data = types.SimpleNamespace(num_train=7 * 16 + 5, train_images=None,

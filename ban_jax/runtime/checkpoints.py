@@ -123,7 +123,7 @@ class GenerationCheckpoints:
           args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   progress=ocp.args.JsonSave(snapshot)))
 
-  def restore_latest(self, abstract_state: Any
+  def restore_latest(self, abstract_state: Any, max_step: int | None = None
                      ) -> tuple[int, Any, dict[str, Any]] | None:
     """(step, state, progress) of the newest readable checkpoint, or None.
 
@@ -131,7 +131,17 @@ class GenerationCheckpoints:
     NaN/inf is skipped with a warning, moved aside, and the one before it is
     tried. With several processes a step counts as readable only if every
     process read it, so that all of them resume from the same step.
+
+    `max_step`: the newest at or before it; later steps are moved aside to
+    `<step>.ahead` (seeds side by side resume from a step every seed has,
+    and train the later ones again).
     """
+    if max_step is not None:
+      ahead = [step for step in self.all_steps() if step > max_step]
+      if ahead:
+        logging.info("Checkpoints %s/%s are ahead of the other seeds'; "
+                     "moved to <step>.ahead.", self.directory, ahead)
+        self._set_aside(ahead, "ahead")
     unreadable = []
     found = None
     for step in reversed(self.all_steps()):
@@ -163,7 +173,8 @@ class GenerationCheckpoints:
       self._set_aside(unreadable)
     return found
 
-  def _set_aside(self, steps: list[int]) -> None:
+  def _set_aside(self, steps: list[int], suffix: str = "unreadable"
+                 ) -> None:
     """Renames unreadable steps, which Orbax then no longer lists.
 
     Left in place, an unreadable step would stop training when it reaches
@@ -172,7 +183,7 @@ class GenerationCheckpoints:
     """
     if jax.process_index() == 0:
       for step in steps:
-        aside = self.directory / f"{step}.unreadable"
+        aside = self.directory / f"{step}.{suffix}"
         if aside.exists():
           aside.rmtree()
         (self.directory / str(step)).rename(aside)

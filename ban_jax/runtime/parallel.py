@@ -25,7 +25,17 @@ on one process, so the run computes the same thing whatever the number of
 hosts; `take_batch` fetches the rows from whichever host holds them with
 one reduce-scatter over the `process` axis (the uint8 pixels packed into
 32-bit words; a batch of 128 CIFAR images is 384 KiB). On one process it is the plain gather.
+
+Seeds side by side (config.parallel_seeds). `make_seed_mesh` lays the
+devices out as (seed, process, device): `seed` shards the seeds' stacked
+states (`seed_sharded`), and the pair (process, device) is each seed's data
+axis, so the per-seed step's batch sharding (`batch_sharded`) keeps its
+meaning and becomes P('seed', ('process', 'device')) under
+`jax.vmap(..., spmd_axis_name='seed')`. A seed's gradients are reduced over
+its own data shards only: nothing crosses between seeds.
 """
+
+import math
 
 import zlib
 
@@ -37,6 +47,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ban_jax.errors import ConfigError
 
+SEED_AXIS = "seed"
 PROCESS_AXIS = "process"
 DEVICE_AXIS = "device"
 # The batch dimension is split over both axes: process-major, so a host's
@@ -64,6 +75,44 @@ def make_mesh(devices=None) -> Mesh:
     raise ConfigError(f"Every process needs the same number of devices in "
                      f"the mesh; got {counts} (process: devices).")
   return Mesh(np.asarray(rows), BATCH_AXES)
+
+
+def make_seed_mesh(num_seeds: int, devices=None) -> Mesh:
+  """A (seed, process, device) mesh for `num_seeds` seeds side by side.
+
+  The seed axis takes gcd(num_seeds, devices) shards, the data axes the
+  rest: 8 devices give 4 seeds (4, 1, 2), 8 seeds (8, 1, 1), 16 seeds
+  (8, 1, 1) with two seeds a device, 3 seeds (1, 1, 8). Devices are taken
+  process-major, so a seed shard's devices are one host's where the count
+  allows; the data axes' `process` has size 1 (each seed's batch is read
+  from a train split replicated on its devices: `take_batch`'s one-host
+  path).
+  """
+  rows = make_mesh(devices).devices
+  flat = rows.reshape(-1)
+  seed_shards = math.gcd(num_seeds, flat.size)
+  return Mesh(flat.reshape(seed_shards, 1, flat.size // seed_shards),
+              (SEED_AXIS,) + BATCH_AXES)
+
+
+def data_shards(mesh: Mesh) -> int:
+  """The devices one seed's batch is split over (all, on a plain mesh)."""
+  return mesh.shape[PROCESS_AXIS] * mesh.shape[DEVICE_AXIS]
+
+
+def seed_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (seed) axis split over the seed mesh's `seed` axis."""
+  return NamedSharding(mesh, P(SEED_AXIS))
+
+
+def device_memory_limit(mesh: Mesh) -> int | None:
+  """Bytes one device of `mesh` can hold, or None where the backend does
+  not say (CPU)."""
+  try:
+    stats = mesh.devices.flat[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None  # Some backends raise rather than return None.
+  return (stats or {}).get("bytes_limit")
 
 
 def num_processes(mesh: Mesh) -> int:

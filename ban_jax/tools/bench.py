@@ -53,6 +53,15 @@ optimised HLO and, after each step-mode timing, a `jax.profiler` trace of
 `--profile_steps` more steps (`python -m ban_jax.tools.trace_summary DIR` reads
 them). Results and the tuning log: docs/performance.md.
 
+`--seeds=S` times S seeds side by side (config.parallel_seeds): S students
+and S teachers stacked, every compiled call the vmapped step of all of them
+(`train.SeedGroupTrainer`), each seed its own initialisation. `img_per_s` is
+then the aggregate of the S seeds, `img_per_s_per_seed` one seed's, and the
+mode says `, S seeds`. Its ratio to the `--seeds=1` row is what training S
+seeds together gains over S runs one after another:
+
+  python -m ban_jax.bench --models=resnet20 --seeds=4
+
 `--project` prints, after the table, what the whole chain of `--config`
 would take at each measured rate: seeds x (num_generations + 1) x
 num_epochs x steps per epoch (the dataset's train images // batch) x the
@@ -174,26 +183,40 @@ class KDBench:
   def __init__(self, trainers: dict[bool, train.GenerationTrainer],
                data: train.DeviceData, state: train.TrainState,
                teacher_vars: train.Variables, name: str,
-               profile_dir: str = "", profile_steps: int = 0):
+               profile_dir: str = "", profile_steps: int = 0,
+               seeds: int = 1):
+    """`seeds` > 1: `trainers` are `train.SeedGroupTrainer`s, and `state`,
+    `teacher_vars` and `data` theirs (stacked, on the seeds' mesh)."""
     self.trainers, self.data = trainers, data
     self.state, self.teacher_vars = state, teacher_vars
+    self.seeds = seeds
     self.batch = trainers[False].batch_size
     self.name = name
     self.profile_dir, self.profile_steps = profile_dir, profile_steps
-    self.rng = jax.random.key(2)
+    self.rng = self._keys(2)
     # The step modes' fixed order; the epoch draws its own, as fit does.
-    self.perm = train.epoch_permutation(jax.random.key(3), data.num_train)
+    self.perm = (train.epoch_permutation(jax.random.key(3), data.num_train)
+                 if seeds == 1 else trainers[False].epoch_order(
+                     self._keys(3), 0, data.num_train))
     self._compiled = {}
+
+  def _keys(self, number: int) -> jax.Array:
+    """A key, or with several seeds one a seed (stacked)."""
+    key = jax.random.key(number)
+    if self.seeds == 1:
+      return key
+    return self.trainers[False].stack(
+        [jax.random.fold_in(key, seed) for seed in range(self.seeds)])
 
   @classmethod
   def build(cls, base_config, model: str, batch: int, dtype: str,
             steps_per_call: int, data: train.DeviceData, mesh,
             xla_options: str = "", profile_dir: str = "",
             profile_steps: int = 0,
-            float32_classifier: bool = True) -> "KDBench":
+            float32_classifier: bool = True, seeds: int = 1) -> "KDBench":
     """The peer's recipe (`bench_config`) for `model` at global `batch`;
     `float32_classifier=False` computes the classifier in the compute dtype,
-    to measure what the float32 classifier costs."""
+    to measure what the float32 classifier costs; `seeds` side by side."""
     trainers = {}
     for augment in (False, True):
       config = bench_config(base_config, model, batch, dtype, steps_per_call,
@@ -204,13 +227,26 @@ class KDBench:
       # The teacher has the student's architecture, as in born-again chains.
       trainers[augment] = train.GenerationTrainer(
           config, student, student, data, mesh)
+    alone = trainers[False]
     # One compiled init for both networks (init_state jits afresh per call).
-    init = jax.jit(trainers[False].init_state)
-    teacher_vars = trainers[False].prepare_teacher(
-        init(jax.random.key(1)).variables)
+    init = jax.jit(alone.init_state)
     name = f"{model}_b{batch}" + ("" if float32_classifier else "_lowcls")
-    return cls(trainers, data, init(jax.random.key(0)), teacher_vars, name,
-               profile_dir, profile_steps)
+    if seeds == 1:
+      teacher_vars = alone.prepare_teacher(init(jax.random.key(1)).variables)
+      return cls(trainers, data, init(jax.random.key(0)), teacher_vars,
+                 name, profile_dir, profile_steps)
+    seed_mesh = parallel.make_seed_mesh(seeds, mesh.devices.flat)
+    trainers = {augment: train.SeedGroupTrainer(trainer, seed_mesh)
+                for augment, trainer in trainers.items()}
+    group = trainers[False]
+    # Each seed's own student and teacher, as seeds side by side train.
+    state = group.stack([init(jax.random.fold_in(jax.random.key(0), seed))
+                         for seed in range(seeds)])
+    teacher_vars = group.prepare_teacher(
+        [init(jax.random.fold_in(jax.random.key(1), seed)).variables
+         for seed in range(seeds)])
+    return cls(trainers, group.put_data(data), state, teacher_vars,
+               f"{name}_s{seeds}", profile_dir, profile_steps, seeds)
 
   def _call(self, compiled, perm):
     """One call; the state is donated and replaced by the new one."""
@@ -255,10 +291,18 @@ class KDBench:
     jax.block_until_ready((self.state, sums))
     seconds = time.perf_counter() - start
     num_steps = calls * steps_per_call
-    loss = float(parallel.fetch(sums["loss"])) / steps_per_call
-    return {"img_per_s": num_steps * self.batch / seconds,
-            "steps": num_steps, "seconds": seconds, "compile_s": compile_s,
+    loss = float(np.mean(parallel.fetch(sums["loss"]))) / steps_per_call
+    return {**self._rates(num_steps, seconds), "steps": num_steps,
+            "seconds": seconds, "compile_s": compile_s,
             "program_mem_gb": _program_memory_gb(compiled), "loss": loss}
+
+  def _rates(self, num_steps: int, seconds: float) -> dict[str, float]:
+    """img/s of all seeds together and, with several, of one seed."""
+    per_seed = num_steps * self.batch / seconds
+    if self.seeds == 1:
+      return {"img_per_s": per_seed}
+    return {"img_per_s": per_seed * self.seeds,
+            "img_per_s_per_seed": per_seed}
 
   def profile(self, augment: bool, steps_per_call: int) -> None:
     """Traces `profile_steps` more steps into `profile_dir`/<model, mode>,
@@ -292,20 +336,22 @@ class KDBench:
     step = self._to_epoch_start(spe)
     start = time.perf_counter()
     self.state, sums = train.run_epoch(
-        trainer, self.state, self.teacher_vars, self.data, jax.random.key(4),
+        trainer, self.state, self.teacher_vars, self.data, self._keys(4),
         self.rng, step, train_steps=lambda n: self.compiled(True, n)[0])
     seconds = time.perf_counter() - start
-    return {"img_per_s": spe * self.batch / seconds, "steps": spe,
-            "seconds": seconds, "compile_s": compile_s,
-            "loss": sums["loss"] / spe}
+    return {**self._rates(spe, seconds), "steps": spe, "seconds": seconds,
+            "compile_s": compile_s,
+            "loss": float(np.mean(sums["loss"])) / spe}
 
   def _to_epoch_start(self, steps_per_epoch: int) -> int:
     """Moves the state's step on to the next epoch's first, as an epoch of
     training starts there; returns it. The step modes leave it anywhere."""
-    step = int(parallel.fetch(self.state.step))
+    # Every seed's step is the same.
+    step = int(np.max(parallel.fetch(self.state.step)))
     step = -(-step // steps_per_epoch) * steps_per_epoch
     self.state = self.state.replace(step=jax.device_put(
-        np.asarray(step, self.state.step.dtype), self.state.step.sharding))
+        np.full(self.state.step.shape, step, self.state.step.dtype),
+        self.state.step.sharding))
     jax.block_until_ready(self.state)
     return step
 
@@ -335,6 +381,8 @@ def _rows(args):
              "steps_per_call": args.steps_per_call,
              "image_size": args.image_size,
              "classifier": "fp32" if float32_classifier else dtype_label}
+      if args.seeds > 1:
+        row["seeds"] = args.seeds
       if args.xla_options:
         row["xla_options"] = args.xla_options
       if _scans_layers(model) and args.base_config.model.layers_per_scan > 1:
@@ -342,7 +390,8 @@ def _rows(args):
       bench, error = _build(args, model, batch, mesh, float32_classifier)
       for mode in _names(args.modes):
         result = dict(row, mode=labels[mode] + (
-            "" if float32_classifier else f", {dtype_label} classifier"))
+            "" if float32_classifier else f", {dtype_label} classifier")
+                      + (f", {args.seeds} seeds" if args.seeds > 1 else ""))
         result.update(_measure(bench, mode, args) if bench is not None
                       else {"error": error})
         yield result
@@ -363,7 +412,9 @@ def _build(args, model: str, batch: int, mesh, float32_classifier: bool
     return KDBench.build(args.base_config, model, batch, args.dtype,
                          args.steps_per_call, data, mesh, args.xla_options,
                          args.profile_dir, args.profile_steps,
-                         float32_classifier), None
+                         float32_classifier,
+                         **({"seeds": args.seeds} if args.seeds > 1 else {})
+                         ), None
   except Exception as e:  # pylint: disable=broad-except
     # One model's failure (out of memory at a big batch, a failed compile)
     # must not lose the others' numbers. Bad names were refused by
@@ -383,7 +434,7 @@ def _measure(bench: KDBench, mode: str, args) -> dict[str, Any]:
     measured["peak_mem_gb"] = peak_memory_gb()
   except Exception as e:  # pylint: disable=broad-except
     return {"error": f"{type(e).__name__}: {e}"[:500]}
-  return {k: (round(v, 1 if k == "img_per_s" else 3)
+  return {k: (round(v, 1 if k.startswith("img_per_s") else 3)
               if isinstance(v, float) else v)
           for k, v in measured.items()}
 
@@ -546,6 +597,10 @@ def parse_args(argv=None):
   add("--num_classes", type=int, default=100)
   add("--num_examples", type=int, default=50_000,
       help="train-set size on the device (CIFAR's by default)")
+  add("--seeds", type=int, default=1,
+      help="seeds trained side by side in one program (config."
+      "parallel_seeds); img_per_s is then all seeds', img_per_s_per_seed "
+      "one seed's")
   add("--devices", type=int, default=0,
       help="use only the first N devices (default: all)")
   add("--config", default=DEFAULT_CONFIG,
@@ -604,7 +659,7 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
                  "integers, e.g. 128,256.")
   at_least_0 = ("warmup", "steps_per_call", "devices", "profile_steps",
                 "layers_per_scan")
-  for flag in ("steps", "num_examples", "image_size", "num_classes",
+  for flag in ("steps", "num_examples", "image_size", "num_classes", "seeds",
                *at_least_0):
     if getattr(args, flag) < (0 if flag in at_least_0 else 1):
       parser.error(f"--{flag}={getattr(args, flag)} is too small.")
