@@ -672,7 +672,7 @@ def test_a_students_rerun_loads_everything(students, monkeypatch):
 
 def test_build_model_scans_densenet_layers_and_says_what_else_ignores_it(
     tiny_digits_config, caplog):
-  config = tiny_digits_config
+  config = tiny_digits_config()
   config.model.layers_per_scan = 4
   densenet = pipeline.build_model("densenet16_4", config, 10)
   assert densenet.layers_per_scan == 4

@@ -112,7 +112,8 @@ def test_validate_names_every_missing_field_at_once():
     validation.validate(config)
   assert str(error.value) == (
       "The config lacks model (the whole block: model.dropout_rate, "
-      "model.dtype, model.name), optim.momentum. Start it from "
+      "model.dtype, model.layers_per_scan, model.name), optim.momentum. "
+      "Start it from "
       "configs/default.py's get_config(), which has every field.")
 
 
