@@ -369,9 +369,9 @@ def test_main_rows_table_and_exit_status(monkeypatch, tmp_path, capsys):
       "| torch | wrn10_1 | fp32 | 16 | 500.0 | - | - |"]
 
 
-def test_bf16_classifier_adds_the_same_modes_with_the_low_classifier(
-    monkeypatch, capsys):
-  made = []
+def _fake_kd_bench(note):
+  """A KDBench that calls note(base, model, dtype, float32_classifier) for
+  each benchmark built and times every step mode at 100 img/s."""
 
   class FakeKDBench:
 
@@ -380,17 +380,26 @@ def test_bf16_classifier_adds_the_same_modes_with_the_low_classifier(
 
     @classmethod
     def build(cls, base, model, batch, dtype, steps_per_call, data, mesh,
-              xla_options, profile_dir, profile_steps, float32_classifier):
-      del base, batch, steps_per_call, mesh, xla_options
-      del profile_dir, profile_steps
-      made.append((model, dtype, float32_classifier))
+              *args, float32_classifier=True, **kwargs):
+      del batch, steps_per_call, mesh, kwargs
+      if args:  # float32_classifier is build's last positional argument.
+        float32_classifier = args[-1]
+      note(base, model, dtype, float32_classifier)
       return cls(data)
 
     def steps(self, augment, steps, warmup, steps_per_call):
       del augment, steps, warmup, steps_per_call
       return {"img_per_s": 100.0}
 
-  monkeypatch.setattr(bench, "KDBench", FakeKDBench)
+  return FakeKDBench
+
+
+def test_bf16_classifier_adds_the_same_modes_with_the_low_classifier(
+    monkeypatch, capsys):
+  made = []
+  monkeypatch.setattr(bench, "KDBench", _fake_kd_bench(
+      lambda base, model, dtype, float32_classifier: made.append(
+          (model, dtype, float32_classifier))))
   bench.main(["--models=wrn10_1,densenet16_4", "--batch_sizes=16",
               "--modes=step", "--dtype=bfloat16", "--bf16_classifier",
               "--image_size=8", "--num_examples=48", "--num_classes=10",
@@ -458,25 +467,9 @@ def test_project_prints_the_whole_chains_hours(monkeypatch, capsys):
 def test_layers_per_scan_reaches_the_densenets_and_names_their_rows(
     monkeypatch, capsys):
   made = []
-
-  class FakeKDBench:
-
-    def __init__(self, data):
-      self.data = data
-
-    @classmethod
-    def build(cls, base, model, batch, dtype, steps_per_call, data, mesh,
-              xla_options, profile_dir, profile_steps, float32_classifier):
-      del batch, dtype, steps_per_call, mesh, xla_options
-      del profile_dir, profile_steps, float32_classifier
-      made.append((model, base.model.layers_per_scan))
-      return cls(data)
-
-    def steps(self, augment, steps, warmup, steps_per_call):
-      del augment, steps, warmup, steps_per_call
-      return {"img_per_s": 100.0}
-
-  monkeypatch.setattr(bench, "KDBench", FakeKDBench)
+  monkeypatch.setattr(bench, "KDBench", _fake_kd_bench(
+      lambda base, model, dtype, float32_classifier: made.append(
+          (model, base.model.layers_per_scan))))
   bench.main(["--models=densenet16_4,wrn10_1", "--batch_sizes=16",
               "--modes=step", "--layers_per_scan=4", "--image_size=8",
               "--num_examples=48", "--num_classes=10", "--devices=2",
