@@ -369,8 +369,8 @@ def test_main_rows_table_and_exit_status(monkeypatch, tmp_path, capsys):
       "| torch | wrn10_1 | fp32 | 16 | 500.0 | - | - |"]
 
 
-def _fake_kd_bench(note):
-  """A KDBench that calls note(base, model, dtype, float32_classifier) for
+def _kd_bench_noting(note):
+  """A KDBench class that calls note(base, model, dtype, float32_classifier) for
   each benchmark built and times every step mode at 100 img/s."""
 
   class FakeKDBench:
@@ -397,7 +397,7 @@ def _fake_kd_bench(note):
 def test_bf16_classifier_adds_the_same_modes_with_the_low_classifier(
     monkeypatch, capsys):
   made = []
-  monkeypatch.setattr(bench, "KDBench", _fake_kd_bench(
+  monkeypatch.setattr(bench, "KDBench", _kd_bench_noting(
       lambda base, model, dtype, float32_classifier: made.append(
           (model, dtype, float32_classifier))))
   bench.main(["--models=wrn10_1,densenet16_4", "--batch_sizes=16",
@@ -467,7 +467,7 @@ def test_project_prints_the_whole_chains_hours(monkeypatch, capsys):
 def test_layers_per_scan_reaches_the_densenets_and_names_their_rows(
     monkeypatch, capsys):
   made = []
-  monkeypatch.setattr(bench, "KDBench", _fake_kd_bench(
+  monkeypatch.setattr(bench, "KDBench", _kd_bench_noting(
       lambda base, model, dtype, float32_classifier: made.append(
           (model, base.model.layers_per_scan))))
   bench.main(["--models=densenet16_4,wrn10_1", "--batch_sizes=16",
