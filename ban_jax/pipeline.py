@@ -319,6 +319,25 @@ def _stop_if_requested(what: str) -> None:
         "to continue.", stop)
 
 
+def _generation_keys(seed: int, index: int, labels_only: bool
+                     ) -> tuple[jax.Array, jax.Array]:
+  """(init key, train key) of generation `index` of `seed`, or of its
+  Baseline (`labels_only`, a random stream of its own)."""
+  gen_rng = jax.random.fold_in(jax.random.key(seed),
+                               _BASELINE_STREAM if labels_only else index)
+  return tuple(jax.random.split(gen_rng))
+
+
+def _generation_checkpoints(gen_dir: epath.Path, config,
+                            run_config: dict[str, Any] | None
+                            ) -> checkpoints.GenerationCheckpoints:
+  """The checkpoints in `gen_dir`, each carrying `run_config` (default:
+  `config`'s), the run's config as config.json has it."""
+  return checkpoints.GenerationCheckpoints(
+      gen_dir / "checkpoints",
+      config=config.to_dict() if run_config is None else run_config)
+
+
 def run_generation(config, index: int, teacher: Generation | None,
                    data: train.DeviceData, mesh, gen_dir: epath.Path,
                    trainers: dict | None = None,
@@ -346,12 +365,8 @@ def run_generation(config, index: int, teacher: Generation | None,
                      model_name(config, index),
                      source.module if source else None, share, data, mesh,
                      generation=index)
-  gen_rng = jax.random.fold_in(jax.random.key(config.seed),
-                               _BASELINE_STREAM if labels_only else index)
-  init_rng, train_rng = jax.random.split(gen_rng)
-  ckpt = checkpoints.GenerationCheckpoints(
-      gen_dir / "checkpoints",
-      config=config.to_dict() if run_config is None else run_config)
+  init_rng, train_rng = _generation_keys(config.seed, index, labels_only)
+  ckpt = _generation_checkpoints(gen_dir, config, run_config)
   state, progress = _restore_or_init(trainer, what, teacher, share, init_rng,
                                      ckpt, gen_dir)
   # How fit's messages and the progress lines name it.
@@ -426,13 +441,10 @@ def run_generations_together(
   if key not in trainers:
     trainers[key] = train.SeedGroupTrainer(trainer, seed_mesh, shared)
   group = trainers[key]
-  stream = _BASELINE_STREAM if labels_only else index
-  init_rngs, train_rngs = zip(*[
-      jax.random.split(jax.random.fold_in(jax.random.key(seed), stream))
-      for seed in seeds])
-  ckpts = [checkpoints.GenerationCheckpoints(
-      gen_dir / "checkpoints",
-      config=config.to_dict() if run_config is None else run_config)
+  # Each seed's keys and checkpoints are those it has alone.
+  init_rngs, train_rngs = zip(*[_generation_keys(seed, index, labels_only)
+                                for seed in seeds])
+  ckpts = [_generation_checkpoints(gen_dir, config, run_config)
            for gen_dir in gen_dirs]
   fit_name = BASELINE.lower() if labels_only else index
   try:

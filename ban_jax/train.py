@@ -868,7 +868,6 @@ class SeedGroupTrainer:
               self.config.xla_options) or None)
     return self._train_steps[num_steps]
 
-
   def check_fits(self, state: TrainState, teacher_vars, data: DeviceData,
                  perm: jax.Array, rng: jax.Array, num_steps: int) -> None:
     """Refuses seeds side by side that would not fit in a device's memory.
