@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from ban_jax import feature_losses
 from ban_jax import losses
@@ -816,22 +817,27 @@ class SeedGroupTrainer:
   def stack(self, trees: list[Any]) -> Any:
     """One tree a seed (states, variables, keys) -> stacked, seed-sharded."""
     return jax.tree.map(
-        lambda *xs: jax.device_put(jnp.stack(xs), self._stacked), *trees)
+        lambda *xs: parallel.reshard(jnp.stack(xs), self._stacked), *trees)
 
   def unstack(self, tree: Any, index: int) -> Any:
     """Seed `index`'s part of a stacked tree, placed as `alone` places it."""
     # Leaf by leaf: small programs, shared by every leaf of a shape (one
     # jit of the whole tree took 10 s to compile on a CPU, measured).
-    return jax.tree.map(lambda x: jax.device_put(x[index], self._one_copy),
-                        tree)
+    return jax.tree.map(
+        lambda x: parallel.reshard(x[index], self._one_copy), tree)
 
   def put_data(self, data: DeviceData) -> DeviceData:
-    """The train split on the seeds' mesh (replicated, as on the plain one:
-    the same device buffers where JAX can share them)."""
+    """The train split, replicated on every device of the seeds' mesh.
+
+    On several hosts the plain mesh holds one block of it a host
+    (`parallel.put_train_split`); a seed trained by one host's devices
+    needs all of it there, so the hosts' blocks are gathered once, into
+    the very rows, in the same order, that the seed alone reads from.
+    """
     replicated = parallel.replicated(self.mesh)
     return dataclasses.replace(
-        data, train_images=jax.device_put(data.train_images, replicated),
-        train_labels=jax.device_put(data.train_labels, replicated))
+        data, train_images=parallel.reshard(data.train_images, replicated),
+        train_labels=parallel.reshard(data.train_labels, replicated))
 
   def prepare_teacher(self, variables) -> Variables | None:
     """`alone.prepare_teacher` of the shared teacher (on the seeds' mesh),
@@ -839,8 +845,9 @@ class SeedGroupTrainer:
     if variables is None or self.alone.teacher is None:
       return None
     if self.shared_teacher:
-      return jax.device_put(self.alone.prepare_teacher(variables),
-                            parallel.replicated(self.mesh))
+      replicated = parallel.replicated(self.mesh)
+      return jax.tree.map(lambda x: parallel.reshard(x, replicated),
+                          self.alone.prepare_teacher(variables))
     return self.stack([self.alone.prepare_teacher(v) for v in variables])
 
   def epoch_order(self, perm_rng: jax.Array, epoch: int, num_examples: int
@@ -848,22 +855,29 @@ class SeedGroupTrainer:
     """Each seed's permutation of the epoch (`perm_rng`: one key a seed)."""
     perms = jax.vmap(lambda rng: GenerationTrainer.epoch_order(
         rng, epoch, num_examples))(perm_rng)
-    return jax.device_put(perms, self._stacked)
+    return parallel.reshard(perms, self._stacked)
 
   def train_steps(self, num_steps: int):
     """`GenerationTrainer.train_steps` of every seed at once: the same
     signature, with a stacked state, teacher (unless shared), permutation
     and key, and summed metrics of one value a seed."""
     if num_steps not in self._train_steps:
-      # spmd_axis_name: the batch's sharding constraint inside the step
-      # gains the seed axis, so a seed's batch stays on its seed's devices.
       one_step = jax.vmap(
           self._per_seed._one_step,  # pylint: disable=protected-access
-          in_axes=(0, None if self.shared_teacher else 0, None, None, 0, 0),
-          spmd_axis_name=parallel.SEED_AXIS)
+          in_axes=(0, None if self.shared_teacher else 0, None, None, 0, 0))
+      # Manual over the seed axis: each device vmaps over the seeds it
+      # holds, and XLA partitions only the data axes. Left to XLA's
+      # partitioner, the seed axis of vmap's grouped convolutions is split
+      # wrongly unless every convolution's channels divide by the number of
+      # seed shards (a DenseNet's do not; tests/test_seeds_parallel.py).
+      seed, everywhere = P(parallel.SEED_AXIS), P()
+      program = jax.shard_map(
+          steps_program(one_step, num_steps), mesh=self.mesh,
+          in_specs=(seed, everywhere if self.shared_teacher else seed,
+                    everywhere, everywhere, seed, seed),
+          out_specs=seed, axis_names={parallel.SEED_AXIS})
       self._train_steps[num_steps] = jax.jit(
-          steps_program(one_step, num_steps), donate_argnums=(0,),
-          out_shardings=self._stacked,
+          program, donate_argnums=(0,), out_shardings=self._stacked,
           compiler_options=compilation.xla_compiler_options(
               self.config.xla_options) or None)
     return self._train_steps[num_steps]

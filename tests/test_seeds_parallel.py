@@ -34,8 +34,11 @@ SEEDS = (0, 1, 2, 3)
 # and test accuracies (points).
 RTOL = 1e-2
 ACCURACY_POINTS = 2.0
-# A step's weights side by side vs alone (absolute).
+# A step's weights and metrics side by side vs alone: absolute, and for
+# the metrics (a loss may be 1e5) and the weights of a teacher's students
+# relative as well.
 STEP_ATOL = 1e-6
+STEP_RTOL = 1e-5
 
 
 def _config(tiny_digits_config, parallel_seeds, seeds=SEEDS):
@@ -155,6 +158,51 @@ def test_the_stacked_state_is_sharded_on_the_seed_axis(tiny_digits_config):
                  parallel.fetch(state))
 
 
+def _first_steps(group, alone, data, seeds, teachers=None, shared=False,
+                 num_steps=2):
+  """The first `num_steps` steps of `seeds` side by side and alone: the
+  stacked state after them, and each seed's state and last loss alone.
+
+  `teachers`: None, or one teacher's variables (`shared`, seed_scope
+  "students") or a list of one a seed."""
+  init_rngs, rngs = zip(*[jax.random.split(jax.random.key(s)) for s in seeds])
+  perm_rngs, step_rngs = zip(*[jax.random.split(r) for r in rngs])
+  states = [alone.init_state(r) for r in init_rngs]
+  stacked = group.stack(states)
+  seed_data = group.put_data(data)
+  perms = group.epoch_order(group.stack(list(perm_rngs)), 0, data.num_train)
+  stacked_teachers = group.prepare_teacher(teachers)
+  for _ in range(num_steps):
+    stacked, sums = group.train_steps(1)(
+        stacked, stacked_teachers, seed_data.train_images,
+        seed_data.train_labels, perms, group.stack(list(step_rngs)))
+  out = []
+  for i, state in enumerate(states):
+    perm = alone.epoch_order(perm_rngs[i], 0, data.num_train)
+    np.testing.assert_array_equal(parallel.fetch(perms)[i],
+                                  parallel.fetch(perm))
+    teacher = alone.prepare_teacher(
+        None if teachers is None else teachers if shared else teachers[i])
+    for _ in range(num_steps):
+      state, metrics = alone.train_steps(1)(
+          state, teacher, data.train_images, data.train_labels, perm,
+          step_rngs[i])
+    out.append((state, metrics))
+  return stacked, sums, out, (seed_data, perms, stacked_teachers,
+                              group.stack(list(step_rngs)))
+
+
+def _assert_same_steps(group, stacked, sums, alone_steps, rtol=0.0):
+  for i, (state, metrics) in enumerate(alone_steps):
+    for name in metrics:
+      assert float(sums[name][i]) == pytest.approx(
+          float(metrics[name]), rel=STEP_RTOL, abs=STEP_ATOL), name
+    jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=rtol,
+                          atol=STEP_ATOL),
+        parallel.fetch(group.unstack(stacked, i)), parallel.fetch(state))
+
+
 @pytest.mark.parametrize("seeds, mesh_shape", [
     (SEEDS[:3], (1, 1, 8)),  # Every seed on every device.
     (SEEDS, (4, 1, 2)),  # A seed on two devices, its two data shards.
@@ -167,40 +215,71 @@ def test_seeds_take_the_steps_of_seeds_alone(
   seed_mesh = parallel.make_seed_mesh(len(seeds), alone.mesh.devices.flat)
   assert seed_mesh.devices.shape == mesh_shape
   group = train.SeedGroupTrainer(alone, seed_mesh)
-  init_rngs, rngs = zip(*[jax.random.split(jax.random.key(s)) for s in seeds])
-  perm_rngs, step_rngs = zip(*[jax.random.split(r) for r in rngs])
-  states = [alone.init_state(r) for r in init_rngs]
-  stacked = group.stack(states)
-  seed_data = group.put_data(data)
-  perms = group.epoch_order(group.stack(list(perm_rngs)), 0, data.num_train)
-  for _ in range(2):
-    stacked, sums = group.train_steps(1)(
-        stacked, None, seed_data.train_images, seed_data.train_labels, perms,
-        group.stack(list(step_rngs)))
-  for i, state in enumerate(states):
-    perm = alone.epoch_order(perm_rngs[i], 0, data.num_train)
-    np.testing.assert_array_equal(parallel.fetch(perms)[i],
-                                  parallel.fetch(perm))
-    for _ in range(2):
-      state, metrics = alone.train_steps(1)(
-          state, None, data.train_images, data.train_labels, perm,
-          step_rngs[i])
-    assert float(sums["loss"][i]) == pytest.approx(
-        float(metrics["loss"]), abs=STEP_ATOL)
-    jax.tree.map(
-        functools.partial(np.testing.assert_allclose, rtol=0,
-                          atol=STEP_ATOL),
-        parallel.fetch(group.unstack(stacked, i)), parallel.fetch(state))
+  stacked, sums, alone_steps, inputs = _first_steps(group, alone, data, seeds)
+  _assert_same_steps(group, stacked, sums, alone_steps)
 
   # A device of 1 MiB: the check before training refuses the seeds.
   monkeypatch.setattr(parallel, "device_memory_limit", lambda mesh: 2**20)
+  seed_data, perms, _, step_rngs = inputs
   with pytest.raises(errors.ConfigError,
                      match=rf"^{len(seeds)} seeds side by side need about "
                      r".* GiB on each "
                      r"device, more than its 0.0 GiB: train the seeds one at "
                      r"a time \(config.parallel_seeds=1\)\.$"):
-    group.check_fits(stacked, None, seed_data, perms,
-                     group.stack(list(step_rngs)), 1)
+    group.check_fits(stacked, None, seed_data, perms, step_rngs, 1)
+
+
+def _distill_config(tiny_digits_config, **fields):
+  config = _config(tiny_digits_config, 2, seeds=(0, 1))
+  for path, value in fields.items():
+    node = config
+    *parents, name = path.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  return config
+
+
+@pytest.mark.parametrize("fields, shared", [
+    # A DenseNet teaching a Wide-ResNet, one teacher a seed: DKPP with
+    # attention transfer between their stages.
+    ({"model.name": "densenet10_4", "student_model": "wrn10_1",
+      "distill.loss": "dkpp", "distill.attention_weight": 1.0}, False),
+    # One teacher for both seeds (seed_scope "students") whose stem and
+    # classifier the students share, frozen: CWTM with FSP (a small weight:
+    # random teachers' FSP matrices are far from the students').
+    ({"seed_scope": "students", "share_stem_classifier": True,
+      "distill.loss": "cwtm", "distill.fsp_weight": 1e-4}, True),
+], ids=["cross_architecture_dkpp_attention", "shared_teacher_stem_cwtm_fsp"])
+def test_students_side_by_side_take_their_steps_alone(
+    tiny_digits_config, fields, shared):
+  """Students of a teacher (the student step of generations 1..G): every
+  teacher, loss and feature term side by side does what it does alone."""
+  config = _distill_config(tiny_digits_config, **fields)
+  pipeline.validation.validate(config)
+  mesh = parallel.make_mesh()
+  data = train.put_dataset(pipeline.load_dataset(config.data), mesh,
+                           config.eval_batch_size)
+  trainers = {}
+  teacher_trainer = pipeline._trainer(trainers, config, config.model.name,
+                                      None, False, data, mesh)
+  teachers = [teacher_trainer.init_state(jax.random.key(10 + seed)).variables
+              for seed in (0, 1)]
+  alone = pipeline._trainer(
+      trainers, config, pipeline.model_name(config, 1),
+      teacher_trainer.student, config.share_stem_classifier, data, mesh)
+  seed_mesh = parallel.make_seed_mesh(2, mesh.devices.flat)
+  group = train.SeedGroupTrainer(alone, seed_mesh, shared_teacher=shared)
+  # One step: a loss of random teachers' features is large, and its
+  # gradients carry a step's rounding into the next one's weights fast.
+  stacked, sums, alone_steps, _ = _first_steps(
+      group, alone, data, (0, 1), teachers[0] if shared else teachers,
+      shared, num_steps=1)
+  assert {"loss", "kd_t1_dark_knowledge_share"} <= set(sums)
+  _assert_same_steps(group, stacked, sums, alone_steps, rtol=STEP_RTOL)
+  # The seeds are different students, and (two teachers) taught by
+  # different teachers.
+  assert float(sums["loss"][0]) != float(sums["loss"][1])
 
 
 def test_fewer_devices_than_seeds_share_them():
