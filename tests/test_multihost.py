@@ -11,9 +11,7 @@ the CIFAR loader does on two hosts. The workers must end with identical
 parameters, equal to the reference's up to float summation order; only
 process 0 may write the report; the Orbax checkpoints they wrote together
 must restore on both, and a rerun must load the finished generations
-instead of training again. The workers then train seeds 0 and 1 side by
-side (config.parallel_seeds), one a host: seed 0 must compute what the
-reference computed. The processes run under a hard timeout, so a
+instead of training again. The processes run under a hard timeout, so a
 hung collective fails the test instead of blocking it.
 
 This file is also the worker: `python tests/test_multihost.py WORKDIR OUT`.
@@ -128,32 +126,20 @@ def _worker(workdir: str, out_dir: str) -> None:
   np.savez(os.path.join(out_dir, f"params_{index}.npz"), **flat)
   # The train split on the devices is the hosts' blocks, in process order.
   whole = parallel.fetch(data.train_labels)
-  facts = {
-      "launch": launch.kind, "process_count": count,
-      "device_count": jax.device_count(),
-      "mesh": dict(mesh.shape), "step": step,
-      "train_labels_ok": bool(np.array_equal(
-          whole, _toy_dataset().train_labels)),
-      "report_calls": list(report_calls),
-      "fit_calls_on_rerun": len(fit_calls),
-      "same_rerun": _scores(results) == _scores(rerun),
-      "generations": _scores(results),
-      "compile_cache": jax.config.jax_compilation_cache_dir,
-      "compile_cache_files": len(os.listdir(
-          jax.config.jax_compilation_cache_dir)),
-  }
-  if count > 1:
-    # Seeds 0 and 1 side by side: one a host, each on its host's devices.
-    seed_mesh = parallel.make_seed_mesh(2)
-    facts["seed_mesh_hosts"] = [sorted({d.process_index for d in row.flat})
-                                for row in seed_mesh.devices]
-    config.seeds = (0, 1)
-    config.parallel_seeds = 2
-    facts["side_by_side"] = [_scores({"generations": chain["generations"]})
-                             for chain in pipeline.run(
-                                 config, workdir + "_seeds")["per_seed"]]
   with open(os.path.join(out_dir, f"facts_{index}.json"), "w") as f:
-    json.dump(facts, f)
+    json.dump({
+        "launch": launch.kind, "process_count": count,
+        "device_count": jax.device_count(),
+        "mesh": dict(mesh.shape), "step": step,
+        "train_labels_ok": bool(np.array_equal(
+            whole, _toy_dataset().train_labels)),
+        "report_calls": report_calls, "fit_calls_on_rerun": len(fit_calls),
+        "same_rerun": _scores(results) == _scores(rerun),
+        "generations": _scores(results),
+        "compile_cache": jax.config.jax_compilation_cache_dir,
+        "compile_cache_files": len(os.listdir(
+            jax.config.jax_compilation_cache_dir)),
+    }, f)
 
 
 def _scores(results):
@@ -269,20 +255,6 @@ def test_two_processes_match_one(tmp_path):
     np.testing.assert_allclose(
         [r["train_loss"] for r in got[1]], [r["train_loss"] for r in want[1]],
         rtol=1e-4)
-
-  # Two seeds side by side on the two hosts, one a host: seed 0 computes
-  # what it computes alone (the reference), to the tolerance of
-  # tests/test_seeds_parallel.py; seed 1 is another network.
-  assert facts[0]["seed_mesh_hosts"] == [[0], [1]]
-  assert facts[0]["side_by_side"] == facts[1]["side_by_side"]
-  seed_0, seed_1 = facts[0]["side_by_side"]
-  for got, want in zip(seed_0, reference["generations"], strict=True):
-    # Test accuracies: at most one of the 16 test images predicted otherwise.
-    assert abs(got[0] - want[0]) <= 100 / NUM_TEST
-    np.testing.assert_allclose([r["train_loss"] for r in got[1]],
-                               [r["train_loss"] for r in want[1]], rtol=1e-2)
-  assert [g[1][0]["train_loss"] for g in seed_1] != [
-      g[1][0]["train_loss"] for g in seed_0]
 
 
 def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(
