@@ -817,27 +817,22 @@ class SeedGroupTrainer:
   def stack(self, trees: list[Any]) -> Any:
     """One tree a seed (states, variables, keys) -> stacked, seed-sharded."""
     return jax.tree.map(
-        lambda *xs: parallel.reshard(jnp.stack(xs), self._stacked), *trees)
+        lambda *xs: jax.device_put(jnp.stack(xs), self._stacked), *trees)
 
   def unstack(self, tree: Any, index: int) -> Any:
     """Seed `index`'s part of a stacked tree, placed as `alone` places it."""
     # Leaf by leaf: small programs, shared by every leaf of a shape (one
     # jit of the whole tree took 10 s to compile on a CPU, measured).
-    return jax.tree.map(
-        lambda x: parallel.reshard(x[index], self._one_copy), tree)
+    return jax.tree.map(lambda x: jax.device_put(x[index], self._one_copy),
+                        tree)
 
   def put_data(self, data: DeviceData) -> DeviceData:
-    """The train split, replicated on every device of the seeds' mesh.
-
-    On several hosts the plain mesh holds one block of it a host
-    (`parallel.put_train_split`); a seed trained by one host's devices
-    needs all of it there, so the hosts' blocks are gathered once, into
-    the very rows, in the same order, that the seed alone reads from.
-    """
+    """The train split on the seeds' mesh (replicated, as on the plain one:
+    the same device buffers where JAX can share them)."""
     replicated = parallel.replicated(self.mesh)
     return dataclasses.replace(
-        data, train_images=parallel.reshard(data.train_images, replicated),
-        train_labels=parallel.reshard(data.train_labels, replicated))
+        data, train_images=jax.device_put(data.train_images, replicated),
+        train_labels=jax.device_put(data.train_labels, replicated))
 
   def prepare_teacher(self, variables) -> Variables | None:
     """`alone.prepare_teacher` of the shared teacher (on the seeds' mesh),
@@ -845,9 +840,8 @@ class SeedGroupTrainer:
     if variables is None or self.alone.teacher is None:
       return None
     if self.shared_teacher:
-      replicated = parallel.replicated(self.mesh)
-      return jax.tree.map(lambda x: parallel.reshard(x, replicated),
-                          self.alone.prepare_teacher(variables))
+      return jax.device_put(self.alone.prepare_teacher(variables),
+                            parallel.replicated(self.mesh))
     return self.stack([self.alone.prepare_teacher(v) for v in variables])
 
   def epoch_order(self, perm_rng: jax.Array, epoch: int, num_examples: int
@@ -855,7 +849,7 @@ class SeedGroupTrainer:
     """Each seed's permutation of the epoch (`perm_rng`: one key a seed)."""
     perms = jax.vmap(lambda rng: GenerationTrainer.epoch_order(
         rng, epoch, num_examples))(perm_rng)
-    return parallel.reshard(perms, self._stacked)
+    return jax.device_put(perms, self._stacked)
 
   def train_steps(self, num_steps: int):
     """`GenerationTrainer.train_steps` of every seed at once: the same

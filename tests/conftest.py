@@ -3,8 +3,8 @@
 Eight virtual CPU devices, so multi-device paths run here, XLA code
 compiled without LLVM's optimisations, and one compilation cache for the
 whole session: all must be set before JAX initialises, i.e. before any
-test module imports jax. Fixtures:
-`repo_root`, and `tiny_digits_config` for end-to-end runs on the digits.
+test module imports jax. Fixtures: `repo_root`, and `tiny_digits_config`
+for end-to-end runs on the digits.
 """
 
 import atexit
@@ -27,7 +27,7 @@ if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# Most of the suite's time is XLA compiling the same small networks again:
+# Much of the rest is compiling the same small networks again:
 # every pipeline.run makes new trainers, every command a test starts is a
 # new process, and pytest-xdist runs the tests in two or more. One
 # persistent compilation cache for all of them turns those compiles into

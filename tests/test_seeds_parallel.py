@@ -233,12 +233,7 @@ def test_seeds_take_the_steps_of_seeds_alone(
 
 def _distill_config(tiny_digits_config, **fields):
   config = _config(tiny_digits_config, 2, seeds=(0, 1))
-  for path, value in fields.items():
-    node = config
-    *parents, name = path.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[name] = value
+  config.update_from_flattened_dict(fields)
   return config
 
 

@@ -35,12 +35,10 @@ a `shard_map` that is manual over `seed` only (each device runs `jax.vmap`
 over its own seeds; XLA partitions the data axes as usual). A seed's
 gradients are reduced over its own data shards only: nothing crosses
 between seeds. The train split is replicated on every device of that
-mesh, on several hosts too (the hosts' blocks gathered once), so `process`
-is 1 there and a seed's batch is the plain gather wherever its devices
-are.
+mesh, so `process` is 1 there and a seed's batch is the plain gather. One
+process only (validation refuses more).
 """
 
-import functools
 import math
 import zlib
 
@@ -89,10 +87,9 @@ def make_seed_mesh(num_seeds: int, devices=None) -> Mesh:
   rest: 8 devices give 4 seeds (4, 1, 2), 8 seeds (8, 1, 1), 16 seeds
   (8, 1, 1) with two seeds a device, 3 seeds (1, 1, 8). Devices are taken
   process-major, so a seed shard's devices are one host's where the count
-  allows: 8 hosts and 8 seeds train one seed a host, with no traffic
-  between hosts in a step. The data axes' `process` has size 1 (each
-  seed's batch is read from a train split replicated on every device:
-  `take_batch`'s one-host path, whatever the hosts).
+  allows; the data axes' `process` has size 1 (each seed's batch is read
+  from a train split replicated on its devices: `take_batch`'s one-host
+  path).
   """
   rows = make_mesh(devices).devices
   flat = rows.reshape(-1)
@@ -147,27 +144,6 @@ def _in_context(sharding: NamedSharding) -> NamedSharding:
 def process_sharded(mesh: Mesh) -> NamedSharding:
   """Leading axis split over hosts, replicated over each host's devices."""
   return NamedSharding(mesh, P(PROCESS_AXIS))
-
-
-def reshard(x: jax.Array, sharding: NamedSharding) -> jax.Array:
-  """`x` placed as `sharding` says, on another mesh of the same devices.
-
-  On one process, `jax.device_put` (copies between devices, no program).
-  On several, a compiled identity that every process runs: only such a
-  program can move rows from one host's devices to another's (the seeds'
-  mesh trains one seed a host; its states come from, and go back to, the
-  plain mesh). XLA:CPU has been seen to deadlock in the all-to-all such a
-  program holds when many are in flight on one process's 8 devices, hence
-  `device_put` wherever it suffices.
-  """
-  if jax.process_count() == 1:
-    return jax.device_put(x, sharding)
-  return _identity(x, sharding)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _identity(x, sharding):
-  return jax.lax.with_sharding_constraint(x, sharding)
 
 
 def put_replicated(tree, mesh: Mesh):
