@@ -65,9 +65,10 @@ def test_seeds_side_by_side_report_aggregate_and_per_seed_rates(repo_root):
   assert proc.returncode == 0 and len(rows) == 1, proc.stderr[-3000:]
   row = rows[0]
   assert row["mode"] == "epoch, 2 seeds" and row["seeds"] == 2
-  # Two seeds' images in the epoch's time: twice one seed's rate.
+  # Two seeds' images in the epoch's time: twice one seed's rate. Both are
+  # rounded to 0.1, so twice the rounded rate may be off by 0.1 + 0.05.
   assert row["img_per_s"] == pytest.approx(2 * row["img_per_s_per_seed"],
-                                           abs=0.1)
+                                           abs=0.15 + 1e-6)
   assert "| ban_jax | wrn10_1 | epoch, 2 seeds | 16 |" in proc.stdout
 
 
