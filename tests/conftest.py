@@ -1,13 +1,15 @@
 """Test set-up and shared fixtures.
 
-Eight virtual CPU devices, so multi-device paths run here, XLA code
-compiled without LLVM's optimisations, and one compilation cache for the
-whole session: all must be set before JAX initialises, i.e. before any
-test module imports jax. Fixtures: `repo_root`, and `tiny_digits_config`
-for end-to-end runs on the digits.
+Eight virtual CPU devices, so multi-device paths run here, and one
+compilation cache for the whole session: both must be set before JAX
+initialises, i.e. before any test module imports jax. Fixtures:
+`repo_root`, and `tiny_digits_config` for end-to-end runs on the digits.
+Tests and modules marked `few_steps` compile without most of XLA's
+optimisations; fixtures can use `unoptimised_xla` to do the same.
 """
 
 import atexit
+import contextlib
 import os
 import pathlib
 import shutil
@@ -17,17 +19,9 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
-# Most of the suite's time is XLA compiling tiny programs that then run a
-# few steps. Without LLVM's optimisations they compile in about a third of
-# the time (measured: a WRN-10-1's init, 2.3 s instead of 8.4 s) and run
-# slower; the HLO (what is computed, fused and in which order) is the
-# same, and the tests check numbers, not speed. Commands the tests start
-# inherit the flag (those that set XLA_FLAGS themselves add it).
-if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-  os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# Much of the rest is compiling the same small networks again:
+# Much of the suite's time is compiling the same small networks again:
 # every pipeline.run makes new trainers, every command a test starts is a
 # new process, and pytest-xdist runs the tests in two or more. One
 # persistent compilation cache for all of them turns those compiles into
@@ -59,6 +53,63 @@ import pytest
 
 from configs import digits
 # pylint: enable=g-import-not-at-top,wrong-import-position
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "few_steps: its programs run a step or two, so XLA compiles "
+      "them without most optimisations (conftest._unoptimised_xla)")
+
+
+@contextlib.contextmanager
+def _unoptimised_xla():
+  """Compiles what runs inside without most of XLA's optimisations.
+
+  Unoptimised code compiles in a third to a half of the time (a
+  DenseNet-16's forward pass: 1.7 s instead of 4.7 s) and runs slower.
+  That pays where a program runs once or a few times: unit tests of
+  models, losses and sharding, and chains of networks no other test
+  compiles (a DenseNet teacher, say). It costs where a small network
+  trains for a while from the shared cache, so those stay optimised
+  (measured per test on this suite). The HLO, what is computed and
+  fused, is the same: the tests check numbers, not speed. The setting is
+  read when a program compiles, so it is restored on the way out.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  before = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _few_steps_module(request):
+  """`unoptimised_xla` for a module marked `few_steps` (pytestmark):
+  module-scoped, so it comes before the module's other fixtures."""
+  if request.node.get_closest_marker("few_steps") is None:
+    yield
+  else:
+    with _unoptimised_xla():
+      yield
+
+
+@pytest.fixture(scope="session", name="unoptimised_xla")
+def _unoptimised_xla_fixture():
+  """`with unoptimised_xla(): ...`, for a fixture that compiles a chain of
+  networks no other test compiles."""
+  return _unoptimised_xla
+
+
+@pytest.fixture(autouse=True)
+def _few_steps_test(request):
+  """`unoptimised_xla` for a test marked `few_steps`."""
+  if request.node.get_closest_marker("few_steps") is None:
+    yield
+  else:
+    with _unoptimised_xla():
+      yield
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,9 @@ import pytest
 
 from ban_jax.data import augment
 
+# Each program runs once: compiling it is the cost (conftest.py).
+pytestmark = pytest.mark.few_steps
+
 
 def _coordinate_images(n):
   """Pixel (r, c) of image b is (r, c, b % 256): values name positions."""

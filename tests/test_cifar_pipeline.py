@@ -8,6 +8,10 @@ from configs import cifar10
 from configs import cifar100
 from configs import cifar_base
 
+# Its networks train a few steps on CIFAR's shapes, which no other module
+# compiles: compiling is the cost (conftest.py).
+pytestmark = pytest.mark.few_steps
+
 
 def test_smoke_chain_on_mock_cifar100(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))

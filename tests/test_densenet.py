@@ -22,6 +22,9 @@ from flax import linen as nn
 from ban_jax.models import common
 from ban_jax.models import densenet
 
+# Each program runs a step or two: compiling it is the cost (conftest.py).
+pytestmark = pytest.mark.few_steps
+
 # 22 = 6 * 3 + 4: three layers a block, so that layers_per_scan=2 gives a
 # scanned pair and a lone unrolled layer in each block, and 3 scans all.
 DEPTH, GROWTH, CLASSES = 22, 4, 5

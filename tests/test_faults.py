@@ -42,8 +42,7 @@ def _main(workdir: pathlib.Path, cache: pathlib.Path, log: pathlib.Path,
     command = run_results.obeying_file_modes(command)
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          # One CPU device compiles fastest; the batch (64) divides it.
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1 "
-                      "--xla_backend_optimization_level=0",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   env.pop("JAX_COMPILATION_CACHE_DIR", None)  # It would take precedence.

@@ -12,6 +12,9 @@ import pytest
 
 from ban_jax import feature_losses as fl
 
+# Each program runs a step or two: compiling it is the cost (conftest.py).
+pytestmark = pytest.mark.few_steps
+
 
 def nhwc(*channels):
   """Stacks per-channel (H, W) lists into a (1, H, W, C) float32 array."""

@@ -12,6 +12,9 @@ import pytest
 
 from ban_jax import losses
 
+# Each program runs a step or two: compiling it is the cost (conftest.py).
+pytestmark = pytest.mark.few_steps
+
 LN = math.log
 
 # Two samples, three classes, chosen so that every softmax is rational:

@@ -21,6 +21,9 @@ from ban_jax.data import Dataset
 from ban_jax.runtime import parallel
 from configs import digits
 
+# Each program runs a step or two: compiling it is the cost (conftest.py).
+pytestmark = pytest.mark.few_steps
+
 NUM_STEPS = 3
 BATCH = 16
 

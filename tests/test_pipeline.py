@@ -487,9 +487,10 @@ def _final_params(workdir, folder, config, name, teacher_name, share):
 
 
 @pytest.fixture(scope="module")
-def table5(tmp_path_factory, tiny_digits_config):
+def table5(tmp_path_factory, tiny_digits_config, unoptimised_xla):
   """densenet16_4 -> densewrn1_0.25 sharing stem and classifier, with the
-  Baseline; stopped after the Baseline's first epoch, then resumed."""
+  Baseline; stopped after the Baseline's first epoch, then resumed.
+  Compiled unoptimised: no other test compiles these networks."""
   monkeypatch = pytest.MonkeyPatch()
   _tiny_table5_student(monkeypatch)
   config = tiny_digits_config(num_generations=1)
@@ -502,18 +503,20 @@ def table5(tmp_path_factory, tiny_digits_config):
 
   def crash():
     raise KeyboardInterrupt("simulated crash")
-  with pytest.MonkeyPatch.context() as crashing:
-    first = FitSpy(crashing)
-    _after_epoch(crashing, generation="baseline", epoch=1, action=crash)
-    with pytest.raises(KeyboardInterrupt):
-      pipeline.run(config, str(workdir))
-  with pytest.MonkeyPatch.context() as resuming:
-    second = FitSpy(resuming)
-    results = pipeline.run(config, str(workdir))
+  with unoptimised_xla():
+    with pytest.MonkeyPatch.context() as crashing:
+      first = FitSpy(crashing)
+      _after_epoch(crashing, generation="baseline", epoch=1, action=crash)
+      with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config, str(workdir))
+    with pytest.MonkeyPatch.context() as resuming:
+      second = FitSpy(resuming)
+      results = pipeline.run(config, str(workdir))
   yield config, workdir, results, first.calls, second.calls
   monkeypatch.undo()
 
 
+@pytest.mark.few_steps  # Its networks as table5 compiled them.
 def test_the_baseline_trains_after_the_teacher_and_resumes(table5):
   _, workdir, results, first, second = table5
   assert [(c["generation"], c["initial_step"]) for c in first] == [
@@ -526,6 +529,7 @@ def test_the_baseline_trains_after_the_teacher_and_resumes(table5):
   assert results["per_seed"][0]["baseline"] == results["baseline"]
 
 
+@pytest.mark.few_steps  # Its networks as table5 compiled them.
 def test_the_baseline_learns_from_labels_with_the_teachers_frozen_layers(
     table5):
   config, workdir, results, first, second = table5
@@ -559,6 +563,7 @@ def test_the_baseline_learns_from_labels_with_the_teachers_frozen_layers(
       assert np.array_equal(a, b) == (name in ("stem", "classifier")), name
 
 
+@pytest.mark.few_steps  # Its networks as table5 compiled them.
 def test_the_baseline_column_beside_the_papers(table5):
   _, workdir, results, _, _ = table5
   text = (workdir / "results.md").read_text()
@@ -576,6 +581,7 @@ def test_the_baseline_column_beside_the_papers(table5):
       "Teacher", "Baseline", "BAN-1"]
 
 
+@pytest.mark.few_steps  # Its networks as table5 compiled them.
 def test_a_rerun_loads_the_baseline(table5, monkeypatch):
   config, workdir, results, _, _ = table5
   _tiny_table5_student(monkeypatch)

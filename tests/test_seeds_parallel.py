@@ -10,7 +10,10 @@ steps, 2e-5 after three, 3e-3 after five for one seed; a batch-norm or
 ReLU near its kink), so after the 10 steps a network trains here the
 end-to-end metrics are compared loosely: losses to 1e-2 relative and test
 accuracies to 2 points (9 of 450 predictions), where seeds alone differ
-from one another by far more. Side by side is the same computation, not
+from one another by far more. A KL divergence between teacher and student
+is also allowed 1e-3 nats: it is a difference of two near-equal
+cross-entropies, so near 0 its relative error is many times theirs
+(measured: 0.02148 vs 0.02120, 1.3 %). Side by side is the same computation, not
 the same bits. Students of a teacher (cross-architecture, DKPP, CWTM,
 feature terms, a shared teacher and stem) are compared after one step, to
 1e-5 relative as well: their losses reach 1e5 with random teachers.
@@ -35,6 +38,7 @@ SEEDS = (0, 1, 2, 3)
 # Side by side vs alone, after training (module docstring): losses (relative)
 # and test accuracies (points).
 RTOL = 1e-2
+KL_ATOL = 1e-3
 ACCURACY_POINTS = 2.0
 # A step's weights and metrics side by side vs alone: absolute, and for
 # the metrics (a loss may be 1e5) and the weights of a teacher's students
@@ -90,6 +94,9 @@ def _assert_close(got, expected):
         if key.endswith(("accuracy", "agreement")):
           assert metrics[key] == pytest.approx(want[key],
                                                abs=ACCURACY_POINTS), key
+        elif key.endswith("_kl"):
+          assert metrics[key] == pytest.approx(want[key], rel=RTOL,
+                                               abs=KL_ATOL), key
         else:
           assert metrics[key] == pytest.approx(want[key], rel=RTOL), key
       assert losses == pytest.approx(want_losses, rel=RTOL)
@@ -205,6 +212,7 @@ def _assert_same_steps(group, stacked, sums, alone_steps, rtol=0.0):
         parallel.fetch(group.unstack(stacked, i)), parallel.fetch(state))
 
 
+@pytest.mark.few_steps  # A step or two (conftest.py).
 @pytest.mark.parametrize("seeds, mesh_shape", [
     (SEEDS[:3], (1, 1, 8)),  # Every seed on every device.
     (SEEDS, (4, 1, 2)),  # A seed on two devices, its two data shards.
@@ -237,6 +245,7 @@ def _distill_config(tiny_digits_config, **fields):
   return config
 
 
+@pytest.mark.few_steps  # A step or two (conftest.py).
 @pytest.mark.parametrize("fields, shared", [
     # A DenseNet teaching a Wide-ResNet, one teacher a seed: DKPP with
     # attention transfer between their stages.
@@ -279,6 +288,7 @@ def test_students_side_by_side_take_their_steps_alone(
   assert float(sums["loss"][0]) != float(sums["loss"][1])
 
 
+@pytest.mark.few_steps  # A step or two (conftest.py).
 def test_one_teacher_teaches_the_students_side_by_side(
     tmp_path, tiny_digits_config):
   """seed_scope="students": the first seed's teacher, trained alone, teaches

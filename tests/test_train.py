@@ -21,6 +21,10 @@ from ban_jax.runtime import compilation
 from ban_jax.runtime import parallel
 from configs import digits
 
+# Most programs here run a step or two, and the chains train networks
+# no other module compiles: compiling is the cost (conftest.py).
+pytestmark = pytest.mark.few_steps
+
 NUM_CLASSES = 10
 
 

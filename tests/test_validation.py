@@ -15,6 +15,9 @@ from ban_jax.reporting import paper_results
 from configs import default
 from configs import digits
 
+# Its programs run once, if at all: compiling is the cost (conftest.py).
+pytestmark = pytest.mark.few_steps
+
 ROOT = pathlib.Path(__file__).parent.parent
 
 

@@ -305,8 +305,7 @@ def test_two_processes_hold_one_lock_and_refuse_together(tmp_path):
   env = {k: v for k, v in os.environ.items()
          if k not in ("JAX_COMPILATION_CACHE_DIR", "BAN_JAX_DISTRIBUTED")}
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-             XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-             "--xla_backend_optimization_level=0",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
              JAX_NUM_PROCESSES="2")
   processes = [subprocess.Popen(
@@ -378,8 +377,7 @@ def _command(workdir, cache, *overrides):
 
 
 _ENV = {"JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1 "
-                     "--xla_backend_optimization_level=0",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
