@@ -108,6 +108,8 @@ def test_a_file_or_ci_gets_no_bar(monkeypatch, fake_tqdm, tty, ci):
   assert not fake_tqdm
 
 
+# Calls of 5 steps, unrolled on CPU: compiling them is the cost (conftest.py).
+@pytest.mark.few_steps
 def test_a_run_on_a_terminal_draws_a_bar_per_epoch_updated_per_call(
     tmp_path, monkeypatch, fake_tqdm, tiny_digits_config):
   monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
