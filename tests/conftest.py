@@ -72,15 +72,23 @@ def _unoptimised_xla():
   compiles (a DenseNet teacher, say). It costs where a small network
   trains for a while from the shared cache, so those stay optimised
   (measured per test on this suite). The HLO, what is computed and
-  fused, is the same: the tests check numbers, not speed. The setting is
-  read when a program compiles, so it is restored on the way out.
+  fused, is the same: the tests check numbers, not speed, but the last
+  bits of a result can differ. So no program crosses the boundary: a
+  jitted function keeps the executable it compiled first whatever the
+  setting is later (it is not part of jit's cache key), so JAX's
+  in-memory caches are cleared on the way in and out. The persistent
+  cache's keys include the setting. Without that, a chain would evaluate
+  with whichever executable an earlier test left, and a command rerun on
+  its workdir would find other numbers.
   """
   import jax  # pylint: disable=g-import-not-at-top
   before = jax.config.values["jax_disable_most_optimizations"]
+  jax.clear_caches()
   jax.config.update("jax_disable_most_optimizations", True)
   try:
     yield
   finally:
+    jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", before)
 
 
