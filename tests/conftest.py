@@ -112,8 +112,10 @@ def _unoptimised_xla_fixture():
 
 @pytest.fixture(autouse=True)
 def _few_steps_test(request):
-  """`unoptimised_xla` for a test marked `few_steps`."""
-  if request.node.get_closest_marker("few_steps") is None:
+  """`unoptimised_xla` for a test marked `few_steps` itself (its module's
+  mark is `_few_steps_module`'s: entering again would clear the caches
+  between the module's tests)."""
+  if not any(mark.name == "few_steps" for mark in request.node.own_markers):
     yield
   else:
     with _unoptimised_xla():
