@@ -13,8 +13,8 @@ accuracies to 2 points (9 of 450 predictions), where seeds alone differ
 from one another by far more. A KL divergence between teacher and student
 is also allowed 1e-3 nats: it is a difference of two near-equal
 cross-entropies, so near 0 its relative error is many times theirs
-(measured: 0.02148 vs 0.02120, 1.3 %). Side by side is the same computation, not
-the same bits. Students of a teacher (cross-architecture, DKPP, CWTM,
+(measured: 0.02148 vs 0.02120, 1.3 %). Side by side is the same
+computation, not the same bits. Students of a teacher (cross-architecture, DKPP, CWTM,
 feature terms, a shared teacher and stem) are compared after one step, to
 1e-5 relative as well: their losses reach 1e5 with random teachers.
 """
