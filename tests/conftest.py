@@ -92,15 +92,21 @@ def _unoptimised_xla():
     jax.config.update("jax_disable_most_optimizations", before)
 
 
+def _unoptimised_if(marked: bool):
+  """The body of the two fixtures below: yields, unoptimised if marked."""
+  if marked:
+    with _unoptimised_xla():
+      yield
+  else:
+    yield
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _few_steps_module(request):
   """`unoptimised_xla` for a module marked `few_steps` (pytestmark):
   module-scoped, so it comes before the module's other fixtures."""
-  if request.node.get_closest_marker("few_steps") is None:
-    yield
-  else:
-    with _unoptimised_xla():
-      yield
+  yield from _unoptimised_if(
+      request.node.get_closest_marker("few_steps") is not None)
 
 
 @pytest.fixture(scope="session", name="unoptimised_xla")
@@ -115,11 +121,8 @@ def _few_steps_test(request):
   """`unoptimised_xla` for a test marked `few_steps` itself (its module's
   mark is `_few_steps_module`'s: entering again would clear the caches
   between the module's tests)."""
-  if not any(mark.name == "few_steps" for mark in request.node.own_markers):
-    yield
-  else:
-    with _unoptimised_xla():
-      yield
+  yield from _unoptimised_if(
+      any(mark.name == "few_steps" for mark in request.node.own_markers))
 
 
 @pytest.fixture(scope="session")

@@ -516,7 +516,6 @@ def table5(tmp_path_factory, tiny_digits_config, unoptimised_xla):
   monkeypatch.undo()
 
 
-@pytest.mark.few_steps  # Its networks as table5 compiled them.
 def test_the_baseline_trains_after_the_teacher_and_resumes(table5):
   _, workdir, results, first, second = table5
   assert [(c["generation"], c["initial_step"]) for c in first] == [
@@ -563,7 +562,6 @@ def test_the_baseline_learns_from_labels_with_the_teachers_frozen_layers(
       assert np.array_equal(a, b) == (name in ("stem", "classifier")), name
 
 
-@pytest.mark.few_steps  # Its networks as table5 compiled them.
 def test_the_baseline_column_beside_the_papers(table5):
   _, workdir, results, _, _ = table5
   text = (workdir / "results.md").read_text()
