@@ -675,8 +675,11 @@ def paper_entry(config) -> dict[str, Any] | None:
           "mismatches": paper_results.mismatches(row, config)}
 
 
-def run(config, workdir: str) -> dict[str, Any]:
+def run(config, workdir: str, devices=None) -> dict[str, Any]:
   """Trains and evaluates the chain of every seed; returns results.json.
+
+  The run trains on `devices` (default: every device of every process;
+  each process must give the same number), the data split over them.
 
   `results["per_seed"]` holds each seed's generations, Baseline (with
   config.student_baseline) and ensembles, `results["over_seeds"]` each
@@ -689,7 +692,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   Raises:
     workdir_lock.WorkdirLockedError: another run holds `workdir`.
   """
-  validation.validate(config)
+  devices = list(jax.devices() if devices is None else devices)
+  validation.validate(config, len(devices))
   preemption.reset()  # A request that stopped an earlier run in this process.
   workdir = epath.Path(workdir)
   try:
@@ -698,7 +702,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     raise _unusable(workdir, e) from None
   # One run at a time writes a workdir: from the settings check to results.
   with workdir_lock.hold(workdir):
-    return _run_holding(config, workdir)
+    return _run_holding(config, workdir, devices)
 
 
 def _unusable(workdir: epath.Path, error: OSError) -> errors.ConfigError:
@@ -730,7 +734,7 @@ def _seed_results(config, generations: list[Generation],
   return chain
 
 
-def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
+def _run_holding(config, workdir: epath.Path, devices) -> dict[str, Any]:
   """`run`, in a workdir this run holds."""
   try:
     _check_workdir_config(workdir, config)
@@ -738,7 +742,7 @@ def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
     raise _unusable(workdir, e) from None
   compilation.enable(config.compilation_cache_dir, workdir)
   dataset = load_dataset(config.data)
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(devices)
   data = train.put_dataset(dataset, mesh, config.eval_batch_size)
   validation.check_batch_fits(config, data.num_train)
   # Shared by the seeds too: one compilation per (student, teacher) pair.
@@ -774,7 +778,7 @@ def _run_holding(config, workdir: epath.Path) -> dict[str, Any]:
       "dataset": dataset.name,
       "loss": config.distill.loss,
       **dkpp_choices(config),
-      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "devices": f"{len(devices)} x {devices[0].device_kind}",
       "seeds": run_seeds,
       "seed_scope": seed_scope,
       "generations": per_seed[0]["generations"],

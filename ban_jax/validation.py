@@ -138,14 +138,14 @@ def check_batch_fits(config, num_train: int) -> None:
         f"{num_train}.")
 
 
-def _divisible_by_devices(field: str) -> Callable[..., None]:
-  """A check that config.`field` splits evenly over all devices.
+def _divisible_by_devices(field: str, num_devices: int
+                          ) -> Callable[..., None]:
+  """A check that config.`field` splits evenly over the run's devices.
 
   The one place this is checked: `train` assumes it (an assert there only
   guards callers that build their own mesh).
   """
   def check(config) -> None:
-    num_devices = jax.device_count()
     if config[field] % num_devices:
       raise ConfigError(
           f"config.{field}={config[field]} is not divisible by the "
@@ -343,8 +343,6 @@ _CHECKS = (
     (("seeds",), ("seed",), _seeds),
     (("parallel_seeds",), ("seeds", "seed"), _parallel_seeds),
     (("ensemble_sizes",), ("num_generations",), _ensembles),
-    (("batch_size",), (), _divisible_by_devices("batch_size")),
-    (("eval_batch_size",), (), _divisible_by_devices("eval_batch_size")),
     (("xla_options",), (), lambda config: _xla_options(config.xla_options)),
     # Last: it traces the models (shapes only, but the slowest check).
     ((), ("data.name", "model.name", "model.dtype", "student_model",
@@ -353,13 +351,24 @@ _CHECKS = (
 )
 
 
-def validate(config) -> None:
-  """Raises one ConfigError that lists every problem of `config`."""
+def validate(config, num_devices: int | None = None) -> None:
+  """Raises one ConfigError that lists every problem of `config`.
+
+  Args:
+    config: the run's config.
+    num_devices: how many devices the run trains on (default: all of them,
+      `jax.device_count()`).
+  """
+  num_devices = num_devices or jax.device_count()
   problems = _field_name_problems(config)
   by_field = _rule_problems(config)
   problems += [p for p in by_field.values() if p]
   failed = set(by_field)
-  for about, reads, check in _CHECKS:
+  # The batch sizes before the models (the slowest check, last).
+  checks = _CHECKS[:-1] + tuple(
+      ((field,), (), _divisible_by_devices(field, num_devices))
+      for field in ("batch_size", "eval_batch_size")) + _CHECKS[-1:]
+  for about, reads, check in checks:
     if failed.intersection(about + reads):
       continue
     try:

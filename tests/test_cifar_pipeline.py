@@ -3,10 +3,10 @@
 import pytest
 import tensorflow_datasets as tfds
 
-from ban_jax import pipeline
 from configs import cifar10
 from configs import cifar100
 from configs import cifar_base
+from tests import run_results
 
 # Its networks train a few steps on CIFAR's shapes, which no other module
 # compiles: compiling is the cost (conftest.py).
@@ -19,7 +19,7 @@ def test_smoke_chain_on_mock_cifar100(tmp_path, monkeypatch):
   assert config.data.augment and config.num_generations == 2
   with tfds.testing.mock_data(num_examples=256,
                               policy=tfds.testing.MockPolicy.USE_CODE):
-    results = pipeline.run(config, str(tmp_path / "run"))
+    results = run_results.run_chain(config, tmp_path / "run")
   assert results["dataset"] == "cifar100"
   assert [g["name"] for g in results["generations"]] == [
       "Teacher", "BAN-1", "BAN-2"]

@@ -1,6 +1,8 @@
 """The born-again chain end to end on the digits, with tiny settings."""
 
+import functools
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -79,7 +81,7 @@ def chain(tmp_path_factory, tiny_digits_config):
                       chex.assert_max_traces(train.student_update, n=2))
   workdir = tmp_path_factory.mktemp("chain")
   config = tiny_digits_config()
-  results = pipeline.run(config, str(workdir))
+  results = run_results.run_chain(config, workdir)
   monkeypatch.undo()
   return config, workdir, results, spy.calls
 
@@ -129,6 +131,7 @@ def test_results_files(chain):
   assert [(e["name"], e["members"]) for e in on_disk["ensembles"]] == [
       ("Ens*2", [1, 2])]
   assert on_disk["config"]["num_generations"] == 2
+  assert on_disk["devices"] == "1 x cpu"  # run_results.run_chain's one.
   table = (workdir / "results.md").read_text()
   assert "| Teacher | BAN-1 | BAN-2 | Ens*2 |" in table
   row = f"{results['generations'][2]['test_error']:.2f}"
@@ -175,7 +178,7 @@ def test_rerun_loads_finished_generations(chain, monkeypatch):
             if p.is_file() and "compile_cache" not in p.parts}
 
   before = written()
-  again = pipeline.run(config, str(workdir))
+  again = run_results.run_chain(config, workdir)
   assert spy.calls == []  # Nothing retrained.
   assert _scores(again) == _scores(results)
   # Nor rewritten: the same results leave every file as it was (so a
@@ -191,31 +194,43 @@ def _read_only(folder, read_only=True):
       path.chmod(0o444 if read_only else 0o644)
 
 
-def test_a_finished_chain_reruns_from_a_read_only_copy(chain, tmp_path):
-  """Rerunning a finished chain needs no write access to its workdir."""
-  _, workdir, results, _ = chain
+def test_a_finished_chain_reruns_from_a_read_only_copy(tmp_path):
+  """Rerunning a finished chain needs no write access to its workdir.
+
+  The chain is the command's own, not the `chain` fixture's: a process
+  with one CPU device evaluates the last bits of a KL divergence unlike
+  this one with eight (XLA splits work over threads by the device count),
+  and a rerun that computes other numbers must write them.
+  """
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "ban_jax.main",
+             "--config=configs/digits.py", "--config.model.name=wrn10_1",
+             "--config.num_generations=2", "--config.num_epochs=2",
+             "--config.optim.lr_decay_epochs=(1,)"]
+  run = functools.partial(
+      subprocess.run, cwd=pathlib.Path(__file__).parents[1],
+      env={**os.environ,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+      capture_output=True, text=True, timeout=300)
+  first = run(command + [f"--workdir={workdir}"])
+  assert first.returncode == 0, first.stderr[-3000:]
   copy = tmp_path / "read_only"
   shutil.copytree(workdir, copy)
-  command = [sys.executable, "-m", "ban_jax.main",
-             "--config=configs/digits.py", f"--workdir={copy}",
-             "--config.model.name=wrn10_1", "--config.num_generations=2",
-             "--config.num_epochs=2", "--config.optim.lr_decay_epochs=(1,)"]
   _read_only(copy)
   try:
     run_results.skip_unless_modes_bind(copy)
-    run = subprocess.run(run_results.obeying_file_modes(command),
-                         cwd=pathlib.Path(__file__).parents[1],
-                         capture_output=True, text=True, timeout=300)
+    again = run(run_results.obeying_file_modes(
+        command + [f"--workdir={copy}"]))
   finally:
     _read_only(copy, read_only=False)
-  assert run.returncode == 0, run.stderr[-3000:]
+  assert again.returncode == 0, again.stderr[-3000:]
   for generation in range(3):
     assert (f"Generation {generation}: finished earlier; loaded from its "
-            "final checkpoint" in run.stderr)
-  assert " epoch 1/" not in run.stderr  # Nothing trained.
-  assert f"Results: {copy}/results.md" in run.stderr
-  on_disk = json.loads((copy / "results.json").read_text())
-  assert _scores(on_disk) == _scores(results)
+            "final checkpoint" in again.stderr)
+  assert " epoch 1/" not in again.stderr  # Nothing trained.
+  assert f"Results: {copy}/results.md" in again.stderr
+  assert (copy / "results.json").read_bytes() == (
+      workdir / "results.json").read_bytes()
 
 
 def _after_epoch(monkeypatch, generation, epoch, action):
@@ -241,13 +256,13 @@ def test_resume_after_a_crash_mid_generation(chain, tmp_path, monkeypatch):
     raise KeyboardInterrupt("simulated crash")
   _after_epoch(monkeypatch, generation=1, epoch=1, action=crash)
   with pytest.raises(KeyboardInterrupt):
-    pipeline.run(config, str(tmp_path))
+    run_results.run_chain(config, tmp_path)
   assert (tmp_path / "seed_0" / "gen_0" / "result.json").exists()
   assert not (tmp_path / "seed_0" / "gen_1" / "result.json").exists()
   monkeypatch.undo()
 
   spy = FitSpy(monkeypatch)
-  resumed = pipeline.run(config, str(tmp_path))
+  resumed = run_results.run_chain(config, tmp_path)
   # Generation 0 is loaded, generation 1 continues after its first epoch.
   assert [(c["generation"], c["initial_step"]) for c in spy.calls] == [
       (1, 21), (2, 0)]
@@ -272,7 +287,7 @@ def test_a_stop_request_checkpoints_the_step_reached(
   config, _, results, _ = chain
   _request_stop_after(monkeypatch, generation=1, epoch=1)
   with pytest.raises(preemption.StopRequested) as stop:
-    pipeline.run(config, str(tmp_path))
+    run_results.run_chain(config, tmp_path)
   # One call (one step on the digits) after the request, mid-epoch 2.
   checkpoints_1 = tmp_path.resolve() / "seed_0" / "gen_1" / "checkpoints"
   assert str(stop.value) == (
@@ -285,7 +300,7 @@ def test_a_stop_request_checkpoints_the_step_reached(
 
   # The request that stopped it does not stop the next run in this process.
   spy = FitSpy(monkeypatch)
-  resumed = pipeline.run(config, str(tmp_path))
+  resumed = run_results.run_chain(config, tmp_path)
   assert [(c["generation"], c["initial_step"]) for c in spy.calls] == [
       (1, 22), (2, 0)]
   assert _scores(resumed) == _scores(results)  # Exactly, on CPU.
@@ -300,16 +315,16 @@ def test_a_stop_request_after_the_last_step_stops_before_the_next_generation(
   with pytest.raises(preemption.StopRequested,
                      match="^Stopped by SIGTERM before training generation "
                      "1; the generations before it are finished"):
-    pipeline.run(config, str(tmp_path))
+    run_results.run_chain(config, tmp_path)
   assert [c["generation"] for c in spy.calls] == [0]
   assert (tmp_path / "seed_0" / "gen_0" / "result.json").exists()
 
 
 def test_extending_a_finished_chain(chain, tmp_path, tiny_digits_config):
   config, _, results, _ = chain
-  short = pipeline.run(tiny_digits_config(num_generations=1), str(tmp_path))
+  short = run_results.run_chain(tiny_digits_config(num_generations=1), tmp_path)
   assert len(short["generations"]) == 2 and short["ensembles"] == []
-  extended = pipeline.run(config, str(tmp_path))
+  extended = run_results.run_chain(config, tmp_path)
   assert _scores(extended) == _scores(results)
 
 
@@ -319,7 +334,7 @@ def test_changed_settings_in_an_old_workdir_are_refused(chain,
   config = tiny_digits_config()
   config.optim.learning_rate = 0.2
   with pytest.raises(validation.ConfigError) as error:
-    pipeline.run(config, str(workdir))
+    run_results.run_chain(config, workdir)
   assert str(error.value) == (
       f"{workdir} holds generations trained with other settings "
       "(optim.learning_rate: 0.05 there, 0.2 now). Use a new --workdir, or "
@@ -406,12 +421,12 @@ def test_a_run_that_fails_before_training_leaves_the_workdir_usable(
   with pytest.raises(validation.ConfigError,
                      match="batch_size=4096 is larger than the 1347 training "
                      "examples of digits; use at most 1347."):
-    pipeline.run(too_big, str(tmp_path))
+    run_results.run_chain(too_big, tmp_path)
   assert not list(tmp_path.glob("seed_*/gen_*/checkpoints/*"))
   fixed = tiny_digits_config(num_generations=1)
   fixed.num_epochs = 1
   fixed.optim.lr_decay_epochs = ()
-  assert len(pipeline.run(fixed, str(tmp_path))["generations"]) == 2
+  assert len(run_results.run_chain(fixed, tmp_path)["generations"]) == 2
 
 
 def test_shared_stem_and_classifier_stay_the_teachers(tmp_path,
@@ -422,7 +437,7 @@ def test_shared_stem_and_classifier_stay_the_teachers(tmp_path,
   config.num_epochs = 1
   config.optim.lr_decay_epochs = ()
   config.share_stem_classifier = True
-  pipeline.run(config, str(tmp_path))
+  run_results.run_chain(config, tmp_path)
   teacher = _final_variables(tmp_path, 0, config)["params"]
   student = _final_variables(tmp_path, 1, config, share=True)["params"]
   for name in ("stem", "classifier"):
@@ -508,10 +523,10 @@ def table5(tmp_path_factory, tiny_digits_config, unoptimised_xla):
       first = FitSpy(crashing)
       _after_epoch(crashing, generation="baseline", epoch=1, action=crash)
       with pytest.raises(KeyboardInterrupt):
-        pipeline.run(config, str(workdir))
+        run_results.run_chain(config, workdir)
     with pytest.MonkeyPatch.context() as resuming:
       second = FitSpy(resuming)
-      results = pipeline.run(config, str(workdir))
+      results = run_results.run_chain(config, workdir)
   yield config, workdir, results, first.calls, second.calls
   monkeypatch.undo()
 
@@ -584,7 +599,7 @@ def test_a_rerun_loads_the_baseline(table5, monkeypatch):
   config, workdir, results, _, _ = table5
   _tiny_table5_student(monkeypatch)
   spy = FitSpy(monkeypatch)
-  again = pipeline.run(config, str(workdir))
+  again = run_results.run_chain(config, workdir)
   assert spy.calls == []
   assert again["baseline"] == results["baseline"]
   assert _scores(again) == _scores(results)
@@ -612,10 +627,10 @@ def students(tmp_path_factory, tiny_digits_config):
     _after_epoch(crashing, generation=1, epoch=1,
                  action=crash_in_the_second_ban_1)
     with pytest.raises(KeyboardInterrupt):
-      pipeline.run(config, str(workdir))
+      run_results.run_chain(config, workdir)
   with pytest.MonkeyPatch.context() as resuming:
     second = FitSpy(resuming)
-    results = pipeline.run(config, str(workdir))
+    results = run_results.run_chain(config, workdir)
   return config, workdir, results, first.calls, second.calls
 
 
@@ -661,7 +676,7 @@ def test_the_report_says_the_seeds_varied_only_the_students(students):
 def test_a_students_rerun_loads_everything(students, monkeypatch):
   config, workdir, results, _, _ = students
   spy = FitSpy(monkeypatch)
-  again = pipeline.run(config, str(workdir))
+  again = run_results.run_chain(config, workdir)
   assert spy.calls == []
   assert again["per_seed"] == results["per_seed"]
   # Reordered seeds would make seed 1 the teacher of seed 0's students.
@@ -670,7 +685,7 @@ def test_a_students_rerun_loads_everything(students, monkeypatch):
   with pytest.raises(errors.WorkdirError,
                      match="The students in .*seed_1 learn from the teacher "
                      "in seed_0/gen_0, not seed_1/gen_0"):
-    pipeline.run(reordered, str(workdir))
+    run_results.run_chain(reordered, workdir)
   assert spy.calls == []
 
 

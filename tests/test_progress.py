@@ -7,6 +7,7 @@ from etils import epath
 
 from ban_jax import pipeline
 from ban_jax import progress
+from tests import run_results
 
 
 def test_the_whole_run_is_left_at_the_measured_rate():
@@ -116,7 +117,7 @@ def test_a_run_on_a_terminal_draws_a_bar_per_epoch_updated_per_call(
   config = tiny_digits_config(num_generations=1, num_epochs=1,
                               lr_decay_epochs=())
   config.steps_per_call = 5
-  results = pipeline.run(config, str(tmp_path))
+  results = run_results.run_chain(config, tmp_path)
   # 21 steps an epoch (1347 // 64), in calls of 5, 5, 5, 5 and 1.
   assert [(b.kwargs["total"], b.kwargs["desc"], b.updates, b.closed)
           for b in fake_tqdm] == [

@@ -19,6 +19,7 @@ from ban_jax.reporting import report
 from ban_jax.runtime import metrics_writer
 from configs import cifar100
 from configs import digits
+from tests import run_results
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -596,7 +597,7 @@ def two_seeds(tmp_path_factory):
   config.seeds = (0, 1)
   config.paper_row = "table2/densenet90_60/ban"
   workdir = tmp_path_factory.mktemp("two_seeds")
-  return config, workdir, pipeline.run(config, str(workdir))
+  return config, workdir, run_results.run_chain(config, workdir)
 
 
 def test_results_of_every_seed(two_seeds):
@@ -656,7 +657,7 @@ def test_tensorboard_scalars_of_every_generation(two_seeds):
 
 def test_rerun_adds_no_duplicate_scalars(two_seeds):
   config, workdir, results = two_seeds
-  again = pipeline.run(config, str(workdir))  # Everything is loaded.
+  again = run_results.run_chain(config, workdir)  # Everything is loaded.
   assert again["over_seeds"] == results["over_seeds"]
   logdir = workdir / "tensorboard" / "seed_0" / "gen_1"
   assert len(list(logdir.iterdir())) == 1  # No new, empty event files.

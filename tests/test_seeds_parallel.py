@@ -58,15 +58,18 @@ def _config(tiny_digits_config, parallel_seeds, seeds=SEEDS):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_digits_config):
-  """Four seeds alone, and side by side ((4, 1, 2): two data shards a
-  seed). Three seeds on a (1, 1, 8) mesh are compared step by step
-  (`test_seeds_take_the_steps_of_seeds_alone`) and run end to end by the
-  NaN test: a third run of the chains would cost more than they add."""
+  """Four seeds alone on two devices, and side by side on eight ((4, 1, 2):
+  each seed's batch split over two devices, as alone). Three seeds on a
+  (1, 1, 8) mesh are compared step by step
+  (`test_seeds_take_the_steps_of_seeds_alone`), and on one device run end
+  to end by the NaN test: a third run of the chains would cost more than
+  they add."""
   out = {}
-  for parallel_seeds in (1, 4):
+  for parallel_seeds, num_devices in ((1, 2), (4, 8)):
     workdir = tmp_path_factory.mktemp(f"together_{parallel_seeds}")
     config = _config(tiny_digits_config, parallel_seeds)
-    out[parallel_seeds] = (workdir, pipeline.run(config, str(workdir)))
+    out[parallel_seeds] = (workdir, pipeline.run(
+        config, str(workdir), devices=jax.devices()[:num_devices]))
   return out
 
 
@@ -299,13 +302,15 @@ def test_one_teacher_teaches_the_students_side_by_side(
   config.seed_scope = "students"
   config.num_epochs = 1
   config.optim.lr_decay_epochs = ()
-  alone = pipeline.run(config, str(tmp_path / "alone"))
+  # Two devices: side by side, a seed on each.
+  two = jax.devices()[:2]
+  alone = pipeline.run(config, str(tmp_path / "alone"), devices=two)
   together_dir = tmp_path / "together"
   shutil.copytree(tmp_path / "alone" / "seed_0" / "gen_0",
                   together_dir / "seed_0" / "gen_0")
   shutil.copy(tmp_path / "alone" / "config.json", together_dir)
   config.parallel_seeds = 2
-  together = pipeline.run(config, str(together_dir))
+  together = pipeline.run(config, str(together_dir), devices=two)
   _assert_close(_metrics(together), _metrics(alone))
   for results in (alone, together):
     teachers = [chain["generations"][0] for chain in results["per_seed"]]
@@ -384,7 +389,8 @@ def test_a_nan_in_one_seed_names_that_seed(tmp_path, monkeypatch,
   with pytest.raises(errors.NonFiniteLossError,
                      match=r"^Non-finite training loss of seed 1 in "
                      r"generation 0 at steps 0-5\. No checkpoint"):
-    pipeline.run(config, str(tmp_path))
+    # Three seeds on one device: a (1, 1, 1) mesh, the seeds' axis unsharded.
+    pipeline.run(config, str(tmp_path), devices=jax.devices()[:1])
 
 
 def test_more_seeds_side_by_side_than_run_is_refused(tiny_digits_config):

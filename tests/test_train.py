@@ -20,6 +20,7 @@ from ban_jax.data import synthetic
 from ban_jax.runtime import compilation
 from ban_jax.runtime import parallel
 from configs import digits
+from tests import run_results
 
 # Most programs here run a step or two, and the chains train networks
 # no other module compiles: compiling is the cost (conftest.py).
@@ -161,7 +162,7 @@ def test_cross_architecture_chain(tmp_path):
   config.num_generations = 1
   config.num_epochs = 2
   config.optim.lr_decay_epochs = (1,)
-  results = pipeline.run(config, str(tmp_path))
+  results = run_results.run_chain(config, tmp_path)
   models = [(g["model"], g["loss"]) for g in results["generations"]]
   assert models == [("densenet10_4", "ce"), ("wrn10_1", "kd")]
   student = results["generations"][1]
@@ -392,7 +393,7 @@ def test_each_epoch_and_generation_has_its_own_order(tmp_path, monkeypatch,
 
   monkeypatch.setattr(train.GenerationTrainer, "train_steps", recording)
   config = tiny_digits_config(num_generations=1, lr_decay_epochs=())
-  pipeline.run(config, str(tmp_path))
+  run_results.run_chain(config, tmp_path)
   spe = 1347 // 64
   assert len(calls) == 2 * 2 * spe  # One step per call on the digits.
   orders = {}

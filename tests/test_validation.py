@@ -14,6 +14,7 @@ from ban_jax import validation
 from ban_jax.reporting import paper_results
 from configs import default
 from configs import digits
+from tests import run_results
 
 # Its programs run once, if at all: compiling is the cost (conftest.py).
 pytestmark = pytest.mark.few_steps
@@ -154,6 +155,19 @@ def test_impossible_values(path, value, message):
   error = _error(_set(digits.get_config(), path, value))
   assert message in error
   assert not error.startswith("The config has")  # One problem, told once.
+
+
+def test_batch_sizes_divide_the_devices_the_run_trains_on():
+  config = digits.get_config()  # Batches of 64 and 128.
+  validation.validate(config, num_devices=4)
+  with pytest.raises(validation.ConfigError) as error:
+    validation.validate(config, num_devices=3)
+  assert str(error.value) == (
+      "The config has 2 problems:\n"
+      "  config.batch_size=64 is not divisible by the 3 devices; use a "
+      "multiple of 3.\n"
+      "  config.eval_batch_size=128 is not divisible by the 3 devices; use "
+      "a multiple of 3.")
 
 
 def test_seed_scope_students_with_one_seed_or_several():
@@ -386,7 +400,7 @@ def test_run_validates_before_any_compute(tmp_path, monkeypatch):
   config = digits.get_config()
   config.num_generations = 0
   with pytest.raises(validation.ConfigError, match="num_generations"):
-    pipeline.run(config, str(tmp_path))
+    run_results.run_chain(config, tmp_path)
   assert not (tmp_path / "config.json").exists()
   assert not (tmp_path / "seed_0").exists()
 
