@@ -10,6 +10,10 @@ from ban_jax.data import augment
 # Each program runs once: compiling it is the cost (conftest.py).
 pytestmark = pytest.mark.few_steps
 
+# Jitted: run eagerly, every operation would be compiled on its own.
+_crop_flip = jax.jit(augment.random_crop_flip, static_argnames="pad")
+_normalize = jax.jit(augment.normalize, static_argnums=(1, 2, 3))
+
 
 def _coordinate_images(n):
   """Pixel (r, c) of image b is (r, c, b % 256): values name positions."""
@@ -41,8 +45,7 @@ def _find_crops(images, out, pad=4):
 def test_crops_stay_inside_padded_image_and_flip_half_the_time():
   n = 2000
   images = _coordinate_images(n)
-  out = np.asarray(augment.random_crop_flip(jax.random.key(0),
-                                            jnp.asarray(images)))
+  out = np.asarray(_crop_flip(jax.random.key(0), jnp.asarray(images)))
   assert out.shape == images.shape and out.dtype == np.uint8
   matches = _find_crops(images, out)
   # Each output is exactly one window of its own padded image at one
@@ -64,17 +67,18 @@ def test_crops_stay_inside_padded_image_and_flip_half_the_time():
 
 def test_crop_flip_is_a_function_of_the_key():
   images = jnp.asarray(_coordinate_images(64))
-  a = augment.random_crop_flip(jax.random.key(1), images)
-  b = jax.jit(augment.random_crop_flip)(jax.random.key(1), images)
-  c = augment.random_crop_flip(jax.random.key(2), images)
+  # Traced twice, by two jits: randomness drawn in Python would differ
+  # between the traces, the key's does not.
+  a, b = (jax.jit(lambda key, x: augment.random_crop_flip(key, x))(
+      jax.random.key(1), images) for _ in range(2))
+  c = _crop_flip(jax.random.key(2), images)
   np.testing.assert_array_equal(a, b)
   assert (np.asarray(a) != np.asarray(c)).any()
 
 
 def test_crop_flip_without_padding_only_flips():
   images = _coordinate_images(16)
-  out = np.asarray(augment.random_crop_flip(jax.random.key(3),
-                                            jnp.asarray(images), pad=0))
+  out = np.asarray(_crop_flip(jax.random.key(3), jnp.asarray(images), pad=0))
   same = (out == images).all(axis=(1, 2, 3))
   flipped = (out == images[:, :, ::-1]).all(axis=(1, 2, 3))
   assert (same ^ flipped).all()
@@ -86,8 +90,7 @@ def test_crop_padding_must_be_below_each_side():
   # 'reflect' mirrors without repeating the edge: pad = side - 1 is the
   # most it can do, and every output is still one window of that image.
   images = _coordinate_images(64)[:, :4, :6]  # 4x6
-  out = np.asarray(augment.random_crop_flip(jax.random.key(4),
-                                            jnp.asarray(images), pad=3))
+  out = np.asarray(_crop_flip(jax.random.key(4), jnp.asarray(images), pad=3))
   # (On so small an image, several windows can be equal.)
   assert _find_crops(images, out, pad=3).any(axis=(1, 2, 3)).all()
   for pad, shape, message in [
@@ -102,11 +105,11 @@ def test_crop_padding_must_be_below_each_side():
 
 def test_normalize_hand_values():
   pixels = jnp.array([[[[12, 20, 40], [10, 24, 25]]]], jnp.uint8)  # (1,1,2,3)
-  out = augment.normalize(pixels, mean=(10.0, 20.0, 30.0), std=(2, 4, 5))
+  out = _normalize(pixels, mean=(10.0, 20.0, 30.0), std=(2, 4, 5))
   np.testing.assert_allclose(out, [[[[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]]]])
   assert out.dtype == jnp.float32
-  half = augment.normalize(jnp.array([[0, 255, 51]], jnp.uint8), 127.5, 127.5,
-                           dtype=jnp.bfloat16)
+  half = _normalize(jnp.array([[0, 255, 51]], jnp.uint8), 127.5, 127.5,
+                    dtype=jnp.bfloat16)
   assert half.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(half, np.float32), [[-1.0, 1.0, -0.6]],
                              atol=4e-3)
@@ -114,8 +117,8 @@ def test_normalize_hand_values():
   # (200 - 125.3) / 1.7 = 43.94 -> 44.0 and (77 - 125.3) / 1.7 = -28.41 ->
   # -28.375, where bfloat16 arithmetic (mean 125.5, std 1.703125) would
   # give 43.75 and -28.5.
-  half = augment.normalize(jnp.array([200, 77], jnp.uint8), 125.3, 1.7,
-                           dtype=jnp.bfloat16)
+  half = _normalize(jnp.array([200, 77], jnp.uint8), 125.3, 1.7,
+                    dtype=jnp.bfloat16)
   np.testing.assert_array_equal(np.asarray(half, np.float32), [44.0, -28.375])
 
 

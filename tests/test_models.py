@@ -204,9 +204,9 @@ def _block_outputs(block, x):
   """Output and every submodule's outputs of one block in train mode."""
   abstract = jax.eval_shape(lambda: block.init(_key(1), x, True))
   variables = _fill(abstract)
-  (out, state) = block.apply(
-      variables, x, True, rngs={"dropout": _key(2)},
-      mutable=["batch_stats", "intermediates"], capture_intermediates=True)
+  (out, state) = jax.jit(functools.partial(
+      block.apply, train=True, mutable=["batch_stats", "intermediates"],
+      capture_intermediates=True))(variables, x, rngs={"dropout": _key(2)})
   return variables["params"], out, state["intermediates"]
 
 
@@ -242,17 +242,19 @@ def test_densenet_dropout_follows_each_conv():
   assert 0.3 < np.mean(out == 0) < 0.7
   # The transition conv too (its output is what the pooling averages).
   module, variables = _tiny("densenet", SMALL)
-  _, state = module.apply(
-      variables, _images(SMALL), train=True, rngs={"dropout": _key(3)},
-      mutable=["batch_stats", "intermediates"], capture_intermediates=True)
+  _, state = jax.jit(functools.partial(
+      module.apply, train=True, mutable=["batch_stats", "intermediates"],
+      capture_intermediates=True))(variables, _images(SMALL),
+                                   rngs={"dropout": _key(3)})
   transition = state["intermediates"]["Dropout_0"]["__call__"][0]
   assert 0.3 < np.mean(transition == 0) < 0.7
 
 
 def test_train_mode_without_dropout_needs_no_rng():
   module, variables = _tiny("densenet", SMALL)
-  logits, _ = module.clone(dropout_rate=0.0).apply(
-      variables, _images(SMALL), train=True, mutable=["batch_stats"])
+  logits, _ = jax.jit(functools.partial(
+      module.clone(dropout_rate=0.0).apply, train=True,
+      mutable=["batch_stats"]))(variables, _images(SMALL))
   chex.assert_shape(logits, (4, 5))
 
 

@@ -322,7 +322,8 @@ def test_a_stop_request_after_the_last_step_stops_before_the_next_generation(
 
 def test_extending_a_finished_chain(chain, tmp_path, tiny_digits_config):
   config, _, results, _ = chain
-  short = run_results.run_chain(tiny_digits_config(num_generations=1), tmp_path)
+  short = run_results.run_chain(tiny_digits_config(num_generations=1),
+                                tmp_path)
   assert len(short["generations"]) == 2 and short["ensembles"] == []
   extended = run_results.run_chain(config, tmp_path)
   assert _scores(extended) == _scores(results)

@@ -14,9 +14,10 @@ from one another by far more. A KL divergence between teacher and student
 is also allowed 1e-3 nats: it is a difference of two near-equal
 cross-entropies, so near 0 its relative error is many times theirs
 (measured: 0.02148 vs 0.02120, 1.3 %). Side by side is the same
-computation, not the same bits. Students of a teacher (cross-architecture, DKPP, CWTM,
-feature terms, a shared teacher and stem) are compared after one step, to
-1e-5 relative as well: their losses reach 1e5 with random teachers.
+computation, not the same bits. Students of a teacher (cross-architecture,
+DKPP, CWTM, feature terms, a shared teacher and stem) are compared after
+one step, to 1e-5 relative as well: their losses reach 1e5 with random
+teachers.
 """
 
 import functools
@@ -33,6 +34,12 @@ from ban_jax import train
 from ban_jax.runtime import checkpoints
 from ban_jax.runtime import parallel
 from ban_jax.runtime import preemption
+
+# Every chain here trains ten steps a network, and most programs are
+# compiled for this module alone (seeds side by side): compiling is the
+# cost, so XLA compiles them without most optimisations (conftest.py). The
+# runs compared exactly (`runs` and a resumed run) are compiled alike.
+pytestmark = pytest.mark.few_steps
 
 SEEDS = (0, 1, 2, 3)
 # Side by side vs alone, after training (module docstring): losses (relative)
@@ -215,7 +222,6 @@ def _assert_same_steps(group, stacked, sums, alone_steps, rtol=0.0):
         parallel.fetch(group.unstack(stacked, i)), parallel.fetch(state))
 
 
-@pytest.mark.few_steps  # A step or two (conftest.py).
 @pytest.mark.parametrize("seeds, mesh_shape", [
     (SEEDS[:3], (1, 1, 8)),  # Every seed on every device.
     (SEEDS, (4, 1, 2)),  # A seed on two devices, its two data shards.
@@ -248,7 +254,6 @@ def _distill_config(tiny_digits_config, **fields):
   return config
 
 
-@pytest.mark.few_steps  # A step or two (conftest.py).
 @pytest.mark.parametrize("fields, shared", [
     # A DenseNet teaching a Wide-ResNet, one teacher a seed: DKPP with
     # attention transfer between their stages.
@@ -291,7 +296,6 @@ def test_students_side_by_side_take_their_steps_alone(
   assert float(sums["loss"][0]) != float(sums["loss"][1])
 
 
-@pytest.mark.few_steps  # A step or two (conftest.py).
 def test_one_teacher_teaches_the_students_side_by_side(
     tmp_path, tiny_digits_config):
   """seed_scope="students": the first seed's teacher, trained alone, teaches

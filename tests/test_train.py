@@ -2,6 +2,7 @@
 epoch (its order, batches and compiled calls) and a cross-architecture
 chain."""
 
+import functools
 import types
 
 import jax
@@ -43,15 +44,17 @@ def setup():
   teacher = pipeline.build_model("wrn10_1", config, NUM_CLASSES)
   images = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
   labels = jnp.arange(16) % NUM_CLASSES
-  student_vars = student.init(jax.random.key(1), images)
-  teacher_vars = teacher.init(jax.random.key(2), images)
+  # Jitted, here and below: op by op, every operation compiles on its own.
+  student_vars = jax.jit(student.init)(jax.random.key(1), images)
+  teacher_vars = jax.jit(teacher.init)(jax.random.key(2), images)
   tx = train.make_optimizer(config.optim, steps_per_epoch=10)
   state = train.TrainState(
       step=jnp.zeros((), jnp.int32), params=student_vars["params"],
       batch_stats=student_vars["batch_stats"],
       opt_state=tx.init(student_vars["params"]))
-  teacher_logits, sown = teacher.apply(teacher_vars, images, train=False,
-                                       mutable=["intermediates"])
+  teacher_logits, sown = jax.jit(functools.partial(
+      teacher.apply, train=False, mutable=["intermediates"]))(teacher_vars,
+                                                              images)
   return dict(student=student, tx=tx, state=state, images=images,
               labels=labels, teacher_logits=teacher_logits,
               teacher_intermediates=sown["intermediates"])
@@ -68,11 +71,12 @@ def _step_loss(setup, distill, rng):
 
 def _student_forward(setup, rng):
   dropout_rng, _ = jax.random.split(rng)
-  logits, sown = setup["student"].apply(
-      {"params": setup["state"].params,
-       "batch_stats": setup["state"].batch_stats}, setup["images"],
-      train=True, mutable=["batch_stats", "intermediates"],
-      rngs={"dropout": dropout_rng})
+  logits, sown = jax.jit(functools.partial(
+      setup["student"].apply, train=True,
+      mutable=["batch_stats", "intermediates"]))(
+          {"params": setup["state"].params,
+           "batch_stats": setup["state"].batch_stats}, setup["images"],
+          rngs={"dropout": dropout_rng})
   return logits, sown["intermediates"]
 
 
@@ -204,8 +208,9 @@ def test_prepare_teacher_casts_kernels_once_without_changing_outputs():
   assert kernels == 9
 
   images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
-  np.testing.assert_array_equal(model.apply(prepared, images),
-                                model.apply(variables, images))
+  apply = jax.jit(model.apply)
+  np.testing.assert_array_equal(apply(prepared, images),
+                                apply(variables, images))
   # A bfloat16 classifier's kernel is cast like the convolutions'.
   bf16_classifier = model.clone(float32_classifier=False)
   prepared = train.GenerationTrainer(
@@ -393,8 +398,9 @@ def test_each_epoch_and_generation_has_its_own_order(tmp_path, monkeypatch,
 
   monkeypatch.setattr(train.GenerationTrainer, "train_steps", recording)
   config = tiny_digits_config(num_generations=1, lr_decay_epochs=())
+  config.data.max_train_examples = 320  # 5 steps an epoch.
   run_results.run_chain(config, tmp_path)
-  spe = 1347 // 64
+  spe = 320 // 64
   assert len(calls) == 2 * 2 * spe  # One step per call on the digits.
   orders = {}
   for index, (step, perm) in enumerate(calls):
@@ -404,7 +410,7 @@ def test_each_epoch_and_generation_has_its_own_order(tmp_path, monkeypatch,
   for perms in orders.values():  # One order for a whole epoch...
     for perm in perms[1:]:
       np.testing.assert_array_equal(perm, perms[0])
-    np.testing.assert_array_equal(np.sort(perms[0]), np.arange(1347))
+    np.testing.assert_array_equal(np.sort(perms[0]), np.arange(320))
   firsts = [perms[0] for perms in orders.values()]
   for i, a in enumerate(firsts):  # ...and a new one for every other.
     for b in firsts[i + 1:]:
