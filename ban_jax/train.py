@@ -816,8 +816,21 @@ class SeedGroupTrainer:
 
   def stack(self, trees: list[Any]) -> Any:
     """One tree a seed (states, variables, keys) -> stacked, seed-sharded."""
-    return jax.tree.map(
-        lambda *xs: jax.device_put(jnp.stack(xs), self._stacked), *trees)
+    return jax.tree.map(lambda *xs: self._put_stacked(xs), *trees)
+
+  def _put_stacked(self, xs: tuple[jax.Array, ...]) -> jax.Array:
+    if jax.process_count() > 1 and xs[0].is_fully_addressable:
+      # Values made on this host alone (the seeds' keys), the same on every
+      # host: they reach the other hosts' devices through host memory
+      # (device_put checks that every process passes the same).
+      if jax.dtypes.issubdtype(xs[0].dtype, jax.dtypes.prng_key):
+        data = np.stack([np.asarray(jax.random.key_data(x)) for x in xs])
+        return jax.random.wrap_key_data(
+            jax.device_put(data, self._stacked),
+            impl=jax.random.key_impl(xs[0]))
+      return jax.device_put(np.stack([np.asarray(x) for x in xs]),
+                            self._stacked)
+    return jax.device_put(jnp.stack(xs), self._stacked)
 
   def unstack(self, tree: Any, index: int) -> Any:
     """Seed `index`'s part of a stacked tree, placed as `alone` places it."""

@@ -184,20 +184,13 @@ def _seeds(config) -> None:
 
 
 def _parallel_seeds(config) -> None:
-  """At most as many seeds side by side as run, and on one process."""
+  """At most as many seeds side by side as run."""
   seeds = config_schema.seed_list(config)
   if config.parallel_seeds > len(seeds):
     raise ConfigError(
         f"config.parallel_seeds={config.parallel_seeds} is more than the "
         f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} that run "
         f"(config.seeds={tuple(config.seeds)}); use at most {len(seeds)}.")
-  if config.parallel_seeds > 1 and jax.process_count() > 1:
-    # The seeds' mesh reads each seed's batches from a train split held
-    # whole on every device; a multi-host run holds a block a host.
-    raise ConfigError(
-        f"config.parallel_seeds={config.parallel_seeds} runs on one process "
-        f"for now, not {jax.process_count()}; use parallel_seeds=1 on "
-        "several hosts.")
 
 
 def _ensembles(config) -> None:

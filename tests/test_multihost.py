@@ -11,8 +11,11 @@ the CIFAR loader does on two hosts. The workers must end with identical
 parameters, equal to the reference's up to float summation order; only
 process 0 may write the report; the Orbax checkpoints they wrote together
 must restore on both, and a rerun must load the finished generations
-instead of training again. The processes run under a hard timeout, so a
-hung collective fails the test instead of blocking it.
+instead of training again. The same processes then train seeds 0 and 1
+side by side (config.parallel_seeds=2; on two hosts, one seed a host),
+which must match the reference's seeds side by side and, for seed 0, the
+run alone. The processes run under a hard timeout, so a hung collective
+fails the test instead of blocking it.
 
 This file is also the worker: `python tests/test_multihost.py WORKDIR OUT`.
 """
@@ -126,6 +129,19 @@ def _worker(workdir: str, out_dir: str) -> None:
   np.savez(os.path.join(out_dir, f"params_{index}.npz"), **flat)
   # The train split on the devices is the hosts' blocks, in process order.
   whole = parallel.fetch(data.train_labels)
+
+  cache = jax.config.jax_compilation_cache_dir  # The workdir's, as yet.
+  cache_files = len(os.listdir(cache))
+
+  # Seeds 0 and 1 side by side: on two hosts, each seed on one host's two
+  # devices, the train split gathered whole onto every device. A rerun
+  # loads both seeds' generations.
+  seeds_config = _config()
+  seeds_config.seeds = (0, 1)
+  seeds_config.parallel_seeds = 2
+  seeds_dir = os.path.join(out_dir, "seeds_workdir")
+  together = pipeline.run(seeds_config, seeds_dir)
+  together_again = pipeline.run(seeds_config, seeds_dir)
   with open(os.path.join(out_dir, f"facts_{index}.json"), "w") as f:
     json.dump({
         "launch": launch.kind, "process_count": count,
@@ -136,9 +152,13 @@ def _worker(workdir: str, out_dir: str) -> None:
         "report_calls": report_calls, "fit_calls_on_rerun": len(fit_calls),
         "same_rerun": _scores(results) == _scores(rerun),
         "generations": _scores(results),
-        "compile_cache": jax.config.jax_compilation_cache_dir,
-        "compile_cache_files": len(os.listdir(
-            jax.config.jax_compilation_cache_dir)),
+        "seed_mesh": dict(parallel.make_seed_mesh(2).shape),
+        "seeds": [_scores(chain) for chain in together["per_seed"]],
+        "same_seeds_rerun": [_scores(chain) for chain in
+                             together_again["per_seed"]] == [
+                                 _scores(chain) for chain in
+                                 together["per_seed"]],
+        "compile_cache": cache, "compile_cache_files": cache_files,
     }, f)
 
 
@@ -236,7 +256,9 @@ def test_two_processes_match_one(tmp_path):
     assert fact["train_labels_ok"], "global train split != hosts' blocks"
     assert fact["step"] == NUM_TRAIN // 16
     assert fact["fit_calls_on_rerun"] == 0 and fact["same_rerun"]
-    assert fact["report_calls"] == ([0, 0] if i == 0 else [])
+    # Process 0 writes the reports of the four runs (two, and their
+    # reruns), process 1 none.
+    assert fact["report_calls"] == ([0] * 4 if i == 0 else [])
     # One cache in the shared workdir: process 0 writes, both read.
     assert fact["compile_cache"] == str(multi / "workdir" / "compile_cache")
     assert fact["compile_cache_files"] > 0
@@ -255,6 +277,21 @@ def test_two_processes_match_one(tmp_path):
     np.testing.assert_allclose(
         [r["train_loss"] for r in got[1]], [r["train_loss"] for r in want[1]],
         rtol=1e-4)
+
+  # Seeds side by side on two hosts: one seed a host, as on one.
+  assert facts[0]["seed_mesh"] == {"seed": 2, "process": 1, "device": 2}
+  assert facts[0]["seeds"] == facts[1]["seeds"]
+  assert all(fact["same_seeds_rerun"] for fact in facts + [reference])
+  seed_0_alone = facts[0]["generations"]
+  for got, want in [*zip(facts[0]["seeds"], reference["seeds"]),
+                    (facts[0]["seeds"][0], seed_0_alone)]:
+    for (got_accuracy, got_history), (accuracy, history) in zip(
+        got, want, strict=True):
+      assert got_accuracy == pytest.approx(accuracy, abs=100 / NUM_TEST)
+      np.testing.assert_allclose([r["train_loss"] for r in got_history],
+                                 [r["train_loss"] for r in history],
+                                 rtol=1e-4)
+  assert facts[0]["seeds"][0] != facts[0]["seeds"][1]  # Two networks.
 
 
 def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(

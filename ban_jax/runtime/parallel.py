@@ -35,8 +35,10 @@ a `shard_map` that is manual over `seed` only (each device runs `jax.vmap`
 over its own seeds; XLA partitions the data axes as usual). A seed's
 gradients are reduced over its own data shards only: nothing crosses
 between seeds. The train split is replicated on every device of that
-mesh, so `process` is 1 there and a seed's batch is the plain gather. One
-process only (validation refuses more).
+mesh, so `process` is 1 there and a seed's batch is the plain gather. On
+several hosts the hosts' blocks are gathered once onto every device
+(`train.SeedGroupTrainer.put_data`), and a seed's devices are one host's
+where the counts allow (8 hosts, 8 seeds: a host a seed).
 """
 
 import math
