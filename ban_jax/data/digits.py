@@ -8,9 +8,8 @@ so that every dataset enters the model the same way.
 
 The images are read from the file scikit-learn ships, and the split is
 `sklearn.model_selection.train_test_split`'s, computed here (tests compare
-the two): importing scikit-learn takes about 2 s, the rest of a short run
-on these images a few seconds more, and the split no longer depends on the
-installed scikit-learn's version.
+the two): importing scikit-learn would add about 2 s to every run, and the
+split no longer depends on the installed scikit-learn's version.
 """
 
 import gzip
