@@ -17,7 +17,7 @@ configs built in Python, where a typo silently adds a new field.
 """
 
 import difflib
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -321,27 +321,33 @@ def _raise(problems: list[str]) -> None:
             "  " + p.replace("\n", "\n    ") for p in problems))
 
 
-# The checks beyond one field's rule: (the fields a failure is about, the
-# other fields the check reads, the check). A check runs only if all of
-# these passed their rules and earlier checks, so that each problem is
-# told once, by the check closest to it.
-_CHECKS = (
-    (("model.dtype",), (), _dtype),
-    (("model.name",), (), lambda config: _model(config.model.name,
-                                                "model.name")),
-    (("student_model",), (), _student_model),
-    (("data.crop_padding",), ("data.name", "data.augment"), _crop_padding),
-    (("paper_row",), ("data.name", "model.name", "student_model",
-                      "distill.loss", "share_stem_classifier"), _paper_row),
-    (("seeds",), ("seed",), _seeds),
-    (("parallel_seeds",), ("seeds", "seed"), _parallel_seeds),
-    (("ensemble_sizes",), ("num_generations",), _ensembles),
-    (("xla_options",), (), lambda config: _xla_options(config.xla_options)),
-    # Last: it traces the models (shapes only, but the slowest check).
-    ((), ("data.name", "model.name", "model.dtype", "student_model",
-          "share_stem_classifier", "distill.attention_weight",
-          "distill.fsp_weight"), _models_take_the_dataset),
-)
+def _checks(num_devices: int) -> tuple[Any, ...]:
+  """The checks beyond one field's rule, in order, for a run on
+  `num_devices` devices: (the fields a failure is about, the other fields
+  the check reads, the check). A check runs only if all of these passed
+  their rules and earlier checks, so that each problem is told once, by
+  the check closest to it."""
+  return (
+      (("model.dtype",), (), _dtype),
+      (("model.name",), (), lambda config: _model(config.model.name,
+                                                  "model.name")),
+      (("student_model",), (), _student_model),
+      (("data.crop_padding",), ("data.name", "data.augment"), _crop_padding),
+      (("paper_row",), ("data.name", "model.name", "student_model",
+                        "distill.loss", "share_stem_classifier"), _paper_row),
+      (("seeds",), ("seed",), _seeds),
+      (("parallel_seeds",), ("seeds", "seed"), _parallel_seeds),
+      (("ensemble_sizes",), ("num_generations",), _ensembles),
+      (("batch_size",), (), _divisible_by_devices("batch_size", num_devices)),
+      (("eval_batch_size",), (),
+       _divisible_by_devices("eval_batch_size", num_devices)),
+      (("xla_options",), (),
+       lambda config: _xla_options(config.xla_options)),
+      # Last: it traces the models (shapes only, but the slowest check).
+      ((), ("data.name", "model.name", "model.dtype", "student_model",
+            "share_stem_classifier", "distill.attention_weight",
+            "distill.fsp_weight"), _models_take_the_dataset),
+  )
 
 
 def validate(config, num_devices: int | None = None) -> None:
@@ -357,11 +363,7 @@ def validate(config, num_devices: int | None = None) -> None:
   by_field = _rule_problems(config)
   problems += [p for p in by_field.values() if p]
   failed = set(by_field)
-  # The batch sizes before the models (the slowest check, last).
-  checks = _CHECKS[:-1] + tuple(
-      ((field,), (), _divisible_by_devices(field, num_devices))
-      for field in ("batch_size", "eval_batch_size")) + _CHECKS[-1:]
-  for about, reads, check in checks:
+  for about, reads, check in _checks(num_devices):
     if failed.intersection(about + reads):
       continue
     try:

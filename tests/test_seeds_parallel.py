@@ -34,6 +34,7 @@ from ban_jax import train
 from ban_jax.runtime import checkpoints
 from ban_jax.runtime import parallel
 from ban_jax.runtime import preemption
+from tests import run_results
 
 # Every chain here trains ten steps a network, and most programs are
 # compiled for this module alone (seeds side by side): compiling is the
@@ -394,7 +395,7 @@ def test_a_nan_in_one_seed_names_that_seed(tmp_path, monkeypatch,
                      match=r"^Non-finite training loss of seed 1 in "
                      r"generation 0 at steps 0-5\. No checkpoint"):
     # Three seeds on one device: a (1, 1, 1) mesh, the seeds' axis unsharded.
-    pipeline.run(config, str(tmp_path), devices=jax.devices()[:1])
+    run_results.run_chain(config, tmp_path)
 
 
 def test_more_seeds_side_by_side_than_run_is_refused(tiny_digits_config):
