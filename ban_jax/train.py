@@ -350,6 +350,7 @@ class GenerationTrainer:
     other._batch = parallel.batch_sharded(mesh)
     other._train_steps = {}
     other.__dict__.pop("_jitted_init", None)
+    other.__dict__.pop("_abstract_state", None)
     return other
 
   # -- initialisation ------------------------------------------------------
@@ -374,6 +375,12 @@ class GenerationTrainer:
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the state, for Orbax restores."""
+    return self._abstract_state
+
+  @functools.cached_property
+  def _abstract_state(self) -> TrainState:
+    # Traced once per trainer: every generation that shares the trainer
+    # restores into the same shapes.
     shapes = jax.eval_shape(self._init, jax.random.key(0))
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
@@ -813,6 +820,7 @@ class SeedGroupTrainer:
     self._stacked = parallel.seed_sharded(seed_mesh)
     self._one_copy = parallel.replicated(alone.mesh)
     self._train_steps = {}
+    self._unstack = {}
 
   def stack(self, trees: list[Any]) -> Any:
     """One tree a seed (states, variables, keys) -> stacked, seed-sharded."""
@@ -833,11 +841,16 @@ class SeedGroupTrainer:
     return jax.device_put(jnp.stack(xs), self._stacked)
 
   def unstack(self, tree: Any, index: int) -> Any:
-    """Seed `index`'s part of a stacked tree, placed as `alone` places it."""
-    # Leaf by leaf: small programs, shared by every leaf of a shape (one
-    # jit of the whole tree took 10 s to compile on a CPU, measured).
-    return jax.tree.map(lambda x: jax.device_put(x[index], self._one_copy),
-                        tree)
+    """Seed `index`'s part of a stacked tree, placed as `alone` places it.
+
+    One compiled call for the whole tree: leaf by leaf, every slice and
+    copy was a dispatch of its own, and a state has hundreds of leaves.
+    """
+    if index not in self._unstack:
+      self._unstack[index] = jax.jit(
+          lambda tree: jax.tree.map(lambda x: x[index], tree),
+          out_shardings=self._one_copy)
+    return self._unstack[index](tree)
 
   def put_data(self, data: DeviceData) -> DeviceData:
     """The train split on the seeds' mesh (replicated, as on the plain one:

@@ -17,6 +17,7 @@ configs built in Python, where a typo silently adds a new field.
 """
 
 import difflib
+import functools
 from typing import Any, Callable
 
 import jax
@@ -224,22 +225,33 @@ def _paper_row(config) -> None:
                     "numbers.")
 
 
+@functools.lru_cache(maxsize=64)
+def _shapes(module, image_shape: tuple[int, int, int]):
+  """Shapes of `module`'s (params, logits, intermediates) on two images.
+
+  One abstract trace of init, which runs the forward pass and keeps what it
+  sows (`mutable=True`). Cached by the module (Linen modules compare by
+  their fields): a process that validates several configs (a notebook, a
+  sweep, the tests) traces each network once.
+  """
+
+  def forward(images):
+    rng = jax.random.key(0)
+    logits, variables = module.init_with_output(
+        {"params": rng, "dropout": rng}, images, train=False, mutable=True)
+    return variables["params"], logits, variables.get("intermediates", {})
+
+  return jax.eval_shape(
+      forward, jax.ShapeDtypeStruct((2,) + image_shape, jnp.float32))
+
+
 def _trace(name: str, field: str, config, image_shape, num_classes: int,
            dataset: str):
   """Abstract init + forward of a model: (params, intermediates) shapes."""
   module = models.get_model(name, num_classes, dtype=config.model.dtype)
 
-  def forward(images):
-    rng = jax.random.key(0)
-    variables = module.init({"params": rng, "dropout": rng}, images,
-                            train=False)
-    logits, sown = module.apply(variables, images, train=False,
-                                mutable=["intermediates"])
-    return variables["params"], logits, sown.get("intermediates", {})
-
   def shapes(side_shape):
-    return jax.eval_shape(
-        forward, jax.ShapeDtypeStruct((2,) + side_shape, jnp.float32))
+    return _shapes(module, tuple(side_shape))
 
   height, width, channels = image_shape
   try:

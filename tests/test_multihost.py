@@ -303,7 +303,7 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpointed_step(
              f"--workdir={workdir}", "--config.model.name=wrn10_1",
              "--config.num_generations=1", "--config.num_epochs=30",
              # Several steps per call: every host must see every step id.
-             "--config.steps_per_call=4"]
+             "--config.steps_per_call=2"]
   runs = [_start(command, {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
                            "JAX_NUM_PROCESSES": "2",
                            "JAX_PROCESS_ID": str(pid)}, 1,

@@ -109,22 +109,23 @@ def test_a_file_or_ci_gets_no_bar(monkeypatch, fake_tqdm, tty, ci):
   assert not fake_tqdm
 
 
-# Calls of 5 steps, unrolled on CPU: compiling them is the cost (conftest.py).
+# Calls of 2 steps, unrolled on CPU: compiling them is the cost (conftest.py).
 @pytest.mark.few_steps
 def test_a_run_on_a_terminal_draws_a_bar_per_epoch_updated_per_call(
     tmp_path, monkeypatch, fake_tqdm, tiny_digits_config):
   monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
   config = tiny_digits_config(num_generations=1, num_epochs=1,
                               lr_decay_epochs=())
-  config.steps_per_call = 5
+  config.data.max_train_examples = 320
+  config.steps_per_call = 2
   results = run_results.run_chain(config, tmp_path)
-  # 21 steps an epoch (1347 // 64), in calls of 5, 5, 5, 5 and 1.
+  # 5 steps an epoch (320 // 64), in calls of 2, 2 and 1.
   assert [(b.kwargs["total"], b.kwargs["desc"], b.updates, b.closed)
           for b in fake_tqdm] == [
-              (21, "gen 0 epoch 1", [5, 5, 5, 5, 1], True),
-              (21, "gen 1 epoch 1", [5, 5, 5, 5, 1], True)]
+              (5, "gen 0 epoch 1", [2, 2, 1], True),
+              (5, "gen 1 epoch 1", [2, 2, 1], True)]
   teacher, student = (g["history"] for g in results["generations"])
-  # After the teacher, the student's 21 steps at the teacher's rate.
+  # After the teacher, the student's 5 steps at the teacher's rate.
   assert teacher[0]["chain_seconds_left"] == pytest.approx(
       teacher[0]["seconds"])
   assert student[0]["chain_seconds_left"] == 0.0

@@ -36,12 +36,6 @@ from ban_jax.runtime import parallel
 from ban_jax.runtime import preemption
 from tests import run_results
 
-# Every chain here trains ten steps a network, and most programs are
-# compiled for this module alone (seeds side by side): compiling is the
-# cost, so XLA compiles them without most optimisations (conftest.py). The
-# runs compared exactly (`runs` and a resumed run) are compiled alike.
-pytestmark = pytest.mark.few_steps
-
 SEEDS = (0, 1, 2, 3)
 # Side by side vs alone, after training (module docstring): losses (relative)
 # and test accuracies (points).
@@ -171,10 +165,13 @@ def test_the_stacked_state_is_sharded_on_the_seed_axis(tiny_digits_config):
       seed = shard.index[0].start
       assert shard.data.shape[0] == 1
       assert shard.device in seed_mesh.devices[seed].reshape(-1)
-  # And each seed comes back as it went in.
+  # And each seed comes back as it went in, placed as alone.
+  one_copy = parallel.replicated(alone.mesh)
   for i, state in enumerate(states):
-    jax.tree.map(np.testing.assert_array_equal,
-                 parallel.fetch(group.unstack(stacked, i)),
+    got = group.unstack(stacked, i)
+    for leaf in jax.tree.leaves(got):
+      assert leaf.sharding.is_equivalent_to(one_copy, leaf.ndim)
+    jax.tree.map(np.testing.assert_array_equal, parallel.fetch(got),
                  parallel.fetch(state))
 
 
@@ -223,6 +220,12 @@ def _assert_same_steps(group, stacked, sums, alone_steps, rtol=0.0):
         parallel.fetch(group.unstack(stacked, i)), parallel.fetch(state))
 
 
+# Tests of a step or two compile without most of XLA's optimisations
+# (conftest.py). The chains (ten steps a network, two networks a seed,
+# evaluated each epoch) run optimised code: unoptimised, the module took
+# half as much CPU time again, the slower steps and evaluations costing
+# more than the faster compiles saved.
+@pytest.mark.few_steps
 @pytest.mark.parametrize("seeds, mesh_shape", [
     (SEEDS[:3], (1, 1, 8)),  # Every seed on every device.
     (SEEDS, (4, 1, 2)),  # A seed on two devices, its two data shards.
@@ -255,6 +258,7 @@ def _distill_config(tiny_digits_config, **fields):
   return config
 
 
+@pytest.mark.few_steps
 @pytest.mark.parametrize("fields, shared", [
     # A DenseNet teaching a Wide-ResNet, one teacher a seed: DKPP with
     # attention transfer between their stages.
@@ -379,6 +383,7 @@ def test_a_stop_then_a_kill_between_two_seeds_saves_resumes_exactly(
   assert (root / "seed_0" / "gen_1" / "checkpoints" / "6.ahead").is_dir()
 
 
+@pytest.mark.few_steps
 def test_a_nan_in_one_seed_names_that_seed(tmp_path, monkeypatch,
                                            tiny_digits_config):
   config = _config(tiny_digits_config, 3, seeds=(0, 1, 2))

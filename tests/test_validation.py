@@ -277,6 +277,22 @@ def test_a_model_whose_outputs_are_not_the_classes(monkeypatch):
       "which has 10 classes.")
 
 
+def test_a_process_traces_each_network_once():
+  """Validating again (a notebook, a sweep, the tests' many runs) traces
+  nothing: the networks' shapes are cached, keyed by the module."""
+  validation._shapes.cache_clear()
+  config = digits.get_config()
+  config.model.name = "wrn10_1"
+  validation.validate(config)
+  traced = validation._shapes.cache_info().misses
+  assert traced == 2  # The digits' 8x8 and the large side's stride check.
+  validation.validate(config)
+  assert validation._shapes.cache_info().misses == traced
+  config.model.name = "wrn10_2"  # Another network is traced.
+  validation.validate(config)
+  assert validation._shapes.cache_info().misses == 2 * traced
+
+
 def test_a_model_that_downsamples_more_than_the_image_allows(monkeypatch):
   # ResNet-18 halves the image three times; a 4x4 image has room for two.
   monkeypatch.setitem(validation.DATASET_SHAPES, "digits", ((4, 4, 1), 10))
