@@ -3,7 +3,8 @@
 Eight virtual CPU devices, so multi-device paths run here, and one
 compilation cache for the whole session: both must be set before JAX
 initialises, i.e. before any test module imports jax. Fixtures:
-`repo_root`, and `tiny_digits_config` for end-to-end runs on the digits.
+`repo_root`, `tiny_digits_config` for end-to-end runs on the digits and
+`session_xla_cache` for the commands the tests start.
 Tests and modules marked `few_steps` compile without most of XLA's
 optimisations; fixtures can use `unoptimised_xla` to do the same.
 """
@@ -129,6 +130,19 @@ def _few_steps_test(request):
 def repo_root() -> pathlib.Path:
   """The repository's root folder (commands run from it find configs/)."""
   return _ROOT
+
+
+@pytest.fixture(scope="session")
+def session_xla_cache() -> pathlib.Path:
+  """The session's compilation cache, for the commands a test starts with
+  config.compilation_cache_dir (test_faults, test_workdir_lock).
+
+  Their programs, compiled with one CPU device, never match this process's
+  (eight devices: the cache keys' topology and compile options differ), but
+  they match each other's and those of the other one-device commands (the
+  read-only rerun in test_pipeline): a chain's programs compile once.
+  """
+  return pathlib.Path(os.environ[_SESSION_CACHE])
 
 
 def _tiny_digits_config(num_generations: int = 2, num_epochs: int = 2,

@@ -419,10 +419,10 @@ def _digests(workdir: pathlib.Path) -> dict[str, str]:
           if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  """A compilation cache shared by this module's runs."""
-  return tmp_path_factory.mktemp("xla_cache")
+@pytest.fixture(name="cache", scope="module")
+def _cache(session_xla_cache):
+  """The compilation cache of this module's runs."""
+  return session_xla_cache
 
 
 @pytest.fixture(scope="module")
