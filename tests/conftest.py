@@ -44,6 +44,27 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(64 * 2**30)
 
+
+def _skip_cache_eviction() -> None:
+  """No eviction scans in this process's compilation cache.
+
+  With a size limit, JAX's cache looks at every entry of the folder on
+  every write, to evict the least recently used: over a session of ~1,700
+  writes into one growing folder, that took 46 CPU seconds of pytest's
+  workers (py-spy). The folder is new each session and never nears its
+  limit, set only for the lock: the scan is skipped (JAX's private
+  `LRUCache._evict_if_needed`; if it is renamed, the suite is only slower).
+  The commands the tests start still scan, each for its few writes.
+  """
+  # pylint: disable=g-import-not-at-top
+  from jax._src import lru_cache
+  if hasattr(lru_cache.LRUCache, "_evict_if_needed"):
+    lru_cache.LRUCache._evict_if_needed = (  # pylint: disable=protected-access
+        lambda self, *, additional_size=0: None)
+
+
+_skip_cache_eviction()
+
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 # This checkout's root first, so that `configs.digits` is this checkout's
 # (the installed package may point at another one).
